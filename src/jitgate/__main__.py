@@ -1,0 +1,3 @@
+from jitgate.cli import main
+
+main()

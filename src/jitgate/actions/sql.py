@@ -1,0 +1,577 @@
+"""SQL analyzer (PostgreSQL dialect) on the real PostgreSQL parser, pglast.
+
+The text is parsed once by libpg_query (``parse_sql_json``); every top-level
+statement becomes a :class:`Unit` and is dispatched on its node tag to a small
+handler. A statement type without a handler is ``sql.unclassified``: what the
+analyzer does not know to be safe is held (fail closed), and so is text that
+does not parse.
+
+Two things can hide anywhere in a tree: data-modifying statements (in a CTE,
+a rule, ``EXPLAIN ANALYZE``, ``PREPARE``, ``COPY (...)``, a function body) and
+calls of dangerous functions. One iterative walk finds them, and it only runs
+when cheap substring tests on the JSON text say there may be something to
+find. JSON escapes the quotes inside string values, so a key such as
+``"DeleteStmt":`` cannot be forged by a literal; a literal *can* contain a
+function name, so a name hit is only a reason to walk, never a finding.
+
+Function bodies are strings to the parser: SQL bodies are parsed again,
+PL/pgSQL bodies with ``parse_plpgsql_json``, and the statements inside are
+analysed as nested ones.
+
+This module is the driver and the data-changing statements; schema, privilege,
+role and server statements are in :mod:`sqlddl`, dangerous calls and
+run-time parameters in :mod:`sqlcalls`, WHERE-clause folding in
+:mod:`sqlfold` and reading names off the tree in :mod:`sqlnames`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from itertools import pairwise
+from typing import Any, Final
+
+from pglast.parser import ParseError, parse_plpgsql_json, parse_sql_json, scan
+
+from jitgate.actions.findings import Analysis, Finding, Risk, Unit
+from jitgate.actions.sqlcalls import DANGEROUS_NAME, check_call, set_parameter
+from jitgate.actions.sqlcontext import Context, Handler, statement_excerpt
+from jitgate.actions.sqlddl import DDL_HANDLERS
+from jitgate.actions.sqlfold import Verdict, always_true
+from jitgate.actions.sqlnames import (
+    Node,
+    definitions,
+    describe,
+    is_temporary,
+    join_names,
+    name_of,
+    name_parts,
+    only,
+    option_is_on,
+    relation_name,
+    subject_of,
+    unit_type,
+)
+
+#: How deep function bodies inside function bodies are followed.
+_MAX_BODY_DEPTH: Final = 6
+#: Longest parser message quoted in a finding.
+_MAX_MESSAGE: Final = 300
+
+_WRITES: Final = {
+    "InsertStmt": "INSERT into",
+    "UpdateStmt": "UPDATE of",
+    "DeleteStmt": "DELETE from",
+    "MergeStmt": "MERGE into",
+}
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def analyze_sql(text: str) -> Analysis:
+    """Analyse PostgreSQL text: one unit per statement, findings on each."""
+    try:
+        return _analyze(text)
+    except RecursionError:
+        return _unparsable(text, "SQL is nested too deeply to analyse")
+    except Exception as error:  # fail closed: an analyzer bug must not let SQL through
+        return _unparsable(text, f"SQL could not be analysed ({type(error).__name__})")
+
+
+def _analyze(text: str) -> Analysis:
+    parsed = _parse(text)
+    if isinstance(parsed, str):
+        return _unparsable(text, parsed)
+    json_text, statements = parsed
+    if not statements:
+        return _unparsable(text, "no SQL statement")
+    walk = _may_hide_something(json_text, statements)
+    texts = _statement_texts(text, statements)
+    findings: list[Finding] = []
+    units: list[Unit] = []
+    for index, raw in enumerate(statements):
+        tag, node = only(raw["stmt"])
+        statement_text = texts[index]
+        if walk or _HANDLERS.get(tag) is not _allow:
+            _statement(tag, node, Context(index, statement_text, statement_text, findings), walk)
+        units.append(Unit(index, unit_type(tag, node), statement_text))
+    if not findings:
+        return Analysis(units=tuple(units))
+    unique = tuple(dict.fromkeys(findings)) if len(findings) > 1 else tuple(findings)
+    # What Analysis.of computes, without its generator overhead on the hot path.
+    return Analysis(
+        units=tuple(units),
+        findings=unique,
+        codes=frozenset([finding.code for finding in unique]),
+        risk=max([finding.risk for finding in unique]),
+    )
+
+
+def _parse(text: str) -> tuple[str, list[Node]] | str:
+    """The JSON text and statements of ``text``, or why there are none."""
+    if "\x00" in text:
+        # libpg_query reads a C string: everything after a NUL would go unseen.
+        return "SQL text contains a NUL byte"
+    try:
+        json_text = parse_sql_json(text)
+    except ParseError as error:
+        return _clip(f"SQL does not parse: {error}")
+    except UnicodeError:
+        return "SQL text is not valid Unicode"
+    try:
+        tree = json.loads(json_text)
+    except RecursionError:
+        return "SQL is nested too deeply to analyse"
+    return json_text, tree.get("stmts") or []
+
+
+def _unparsable(text: str, message: str) -> Analysis:
+    quoted = statement_excerpt(text)
+    finding = Finding.of("sql.parse_error", message, unit=0, excerpt=quoted)
+    return Analysis.of((Unit(0, "unparsable", text),), (finding,))
+
+
+def _statement_texts(text: str, statements: list[Node]) -> list[str]:
+    """Each statement's source text; libpg_query's offsets count UTF-8 bytes."""
+    if len(statements) == 1 and not statements[0].keys() & {"stmt_location", "stmt_len"}:
+        return [text.strip()]
+    source: str | bytes = text if text.isascii() else text.encode("utf-8")
+    texts: list[str] = []
+    for raw in statements:
+        start = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len", 0)
+        piece = source[start : start + length] if length else source[start:]
+        if isinstance(piece, bytes):
+            piece = piece.decode("utf-8", errors="replace")
+        texts.append(piece.strip())
+    return texts
+
+
+def _may_hide_something(json_text: str, statements: list[Node]) -> bool:
+    """Whether the tree may hold nested statements or dangerous calls.
+
+    Counts ``...Stmt":`` keys: each statement node has one; a nested SELECT
+    (subqueries, CTEs) is harmless by itself, anything else nested is worth
+    the walk.
+    """
+    if '"FuncCall":' in json_text and DANGEROUS_NAME.search(json_text):
+        return True
+    nested = json_text.count('Stmt":') - len(statements)
+    if nested <= 0:
+        return False
+    # INSERT's "selectStmt" field is the one field name ending the same way.
+    nested -= json_text.count('"selectStmt":')
+    if nested <= 0:
+        return False
+    top_selects = sum(1 for raw in statements if "SelectStmt" in raw["stmt"])
+    return nested > json_text.count('"SelectStmt":') - top_selects
+
+
+def _statement(tag: str, node: Node, context: Context, walk: bool) -> None:
+    if context.scope and tag in _WRITES:
+        _nested_write(tag, node, context, context.scope)
+    else:
+        handler = _HANDLERS.get(tag)
+        if handler is None:
+            what = describe(tag, node)
+            context.add(
+                "sql.unclassified",
+                f"{what} is a statement type the analyzer does not know to be safe",
+                subject=subject_of(node),
+            )
+        else:
+            handler(tag, node, context)
+    if walk and not (tag == "ExplainStmt" and not _explain_executes(node)):
+        where = "EXPLAIN ANALYZE" if tag == "ExplainStmt" else describe(tag, node)
+        _walk(node, context, context.scope or where)
+
+
+# --- the walk for nested statements and calls --------------------------------------------
+
+
+def _walk(root: Node, context: Context, where: str) -> None:
+    """Find nested data-modifying statements and dangerous calls under ``root``."""
+    stack: list[tuple[Any, str]] = [(root, where)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, list):
+            stack.extend((item, where) for item in reversed(value) if isinstance(item, dict | list))
+            continue
+        children: list[tuple[Any, str]] = []
+        for key, child in value.items():
+            if key in _LEAVES:
+                continue
+            if isinstance(child, list):
+                children.append((child, where))
+            elif isinstance(child, dict):
+                children.append((child, _visit(key, child, context, where)))
+        stack.extend(reversed(children))
+
+
+#: Nodes and fields with nothing below them worth walking into.
+_LEAVES: Final = frozenset(
+    {"A_Const", "String", "Integer", "Float", "Boolean", "ColumnRef", "ParamRef", "funcname"}
+)
+
+
+def _visit(key: str, child: Node, context: Context, where: str) -> str:
+    """Look at one node met in the walk; returns what its children are nested in."""
+    if key in _WRITES:
+        _nested_write(key, child, context, where)
+    elif key == "FuncCall":
+        check_call(child, context)
+    elif key == "CommonTableExpr":
+        return f"WITH query {child.get('ctename', '')}"
+    elif key.endswith("Stmt") and key[0].isupper() and key != "SelectStmt":
+        _statement_inside(key, child, context)
+    return where
+
+
+def _statement_inside(tag: str, node: Node, context: Context) -> None:
+    """A non-SELECT statement nested in another (CREATE SCHEMA elements, ...)."""
+    handler = _HANDLERS.get(tag)
+    if handler is None:
+        context.add(
+            "sql.unclassified",
+            f"nested {describe(tag, node)} is a statement type the analyzer does not know",
+            subject=subject_of(node),
+        )
+    else:
+        handler(tag, node, context)
+
+
+def _nested_write(tag: str, node: Node, context: Context, where: str) -> None:
+    table = relation_name(node.get("relation"))
+    context.add(
+        "sql.nested_dml",
+        f"{_WRITES[tag]} {table} is nested inside {where}: it modifies data",
+        subject=table,
+    )
+    _check_write(tag, node, context)
+
+
+# --- data changes ------------------------------------------------------------------------
+
+
+def _check_write(tag: str, node: Node, context: Context) -> None:
+    """The rows a DELETE, UPDATE or MERGE touches: all of them?"""
+    relation = node.get("relation")
+    table = relation_name(relation)
+    if tag == "MergeStmt":
+        _check_merge(table, node, context)
+        return
+    if tag == "InsertStmt" or is_temporary(relation):
+        return
+    verb, effect = ("DELETE from", "deletes") if tag == "DeleteStmt" else ("UPDATE of", "changes")
+    where = node.get("whereClause")
+    if where is None:
+        code = "sql.delete_without_where" if tag == "DeleteStmt" else "sql.update_without_where"
+        context.add(code, f"{verb} {table} has no WHERE clause: it {effect} every row", table)
+        return
+    if "CurrentOfExpr" in where:
+        return
+    others = node.get("usingClause") or node.get("fromClause")
+    verdict = always_true(where, single_relation=not others)
+    if verdict is Verdict.ALWAYS_TRUE:
+        context.add(
+            "sql.always_true_where",
+            f"{verb} {table} has a WHERE clause that is always true: it {effect} every row",
+            table,
+        )
+    elif verdict is Verdict.TOO_DEEP:
+        context.add(
+            "sql.always_true_where",
+            f"{verb} {table} has a WHERE clause nested too deeply to prove it selective",
+            table,
+        )
+
+
+def _check_merge(table: str, node: Node, context: Context) -> None:
+    context.add("sql.merge", f"MERGE into {table} may insert, update or delete rows", table)
+    condition = node.get("joinCondition")
+    if condition is None or always_true(condition, single_relation=False) is Verdict.NOT_PROVEN:
+        return
+    for clause in node.get("mergeWhenClauses") or []:
+        when = clause.get("MergeWhenClause", {})
+        if (
+            when.get("matchKind") == "MERGE_WHEN_MATCHED"
+            and when.get("commandType") in ("CMD_DELETE", "CMD_UPDATE")
+            and when.get("condition") is None
+        ):
+            context.add(
+                "sql.always_true_where",
+                f"MERGE into {table} joins on an always-true condition and "
+                f"{'deletes' if when['commandType'] == 'CMD_DELETE' else 'updates'} every row",
+                table,
+            )
+            return
+
+
+def _select(tag: str, node: Node, context: Context) -> None:
+    """SELECT INTO creates a table (any branch of a UNION may carry the INTO)."""
+    branches = [node]
+    while branches:
+        branch = branches.pop()
+        into = branch.get("intoClause")
+        if into is not None and not is_temporary(into.get("rel")):
+            table = name_of(into.get("rel"))
+            context.add(
+                "sql.schema_change", f"SELECT INTO {table} creates a persistent table", table
+            )
+        if branch.get("op", "SETOP_NONE") != "SETOP_NONE":
+            branches.extend(side for side in (branch.get("larg"), branch.get("rarg")) if side)
+
+
+def _truncate(tag: str, node: Node, context: Context) -> None:
+    tables = join_names(relation_name(item) for item in node.get("relations") or [])
+    context.add("sql.truncate", f"TRUNCATE {tables} removes every row", tables)
+
+
+def _copy(tag: str, node: Node, context: Context) -> None:
+    target = relation_name(node.get("relation")) or "a query"
+    direction = "from" if node.get("is_from") else "to"
+    filename = node.get("filename", "")
+    if node.get("is_program"):
+        context.add(
+            "sql.copy_program",
+            f"COPY {target} {direction} PROGRAM '{filename}' runs a command on the database server",
+            target,
+        )
+    elif filename or not _copies_through_client(context.source):
+        context.add(
+            "sql.copy_server_file",
+            f"COPY {target} {direction} the server file '{filename}'",
+            target,
+        )
+
+
+_COMMENTS: Final = frozenset({"SQL_COMMENT", "C_COMMENT"})
+#: Every way of writing an empty string contains one of these.
+_EMPTY_STRING: Final = re.compile(r"''|\$\w*\$")
+
+
+def _copies_through_client(source: str) -> bool:
+    """``FROM STDIN`` or ``TO STDOUT``, rather than a file named ``''``.
+
+    The JSON leaves out empty strings, so a missing file name may be either;
+    only text that spells an empty string somewhere needs a closer look.
+    """
+    if not _EMPTY_STRING.search(source):
+        return True
+    names = [token.name for token in scan(source) if token.name not in _COMMENTS]
+    return any(
+        (first, second) in (("FROM", "STDIN"), ("TO", "STDOUT"))
+        for first, second in pairwise(names)
+    )
+
+
+# --- wrappers and code the analyzer cannot see -------------------------------------------
+
+
+def _explain_executes(node: Node) -> bool:
+    """EXPLAIN ANALYZE runs the statement; plain EXPLAIN only plans it."""
+    for option in node.get("options") or []:
+        element = option.get("DefElem", {})
+        if element.get("defname") == "analyze" and option_is_on(element.get("arg")):
+            return True
+    return False
+
+
+def _explain(tag: str, node: Node, context: Context) -> None:
+    # The other statements EXPLAIN ANALYZE can run are found by the walk.
+    query = node.get("query") or {}
+    if _explain_executes(node) and "SelectStmt" in query:
+        _select("SelectStmt", query["SelectStmt"], context)
+
+
+def _execute(tag: str, node: Node, context: Context) -> None:
+    name = str(node.get("name", ""))
+    context.add(
+        "sql.dynamic_sql",
+        f"EXECUTE {name} runs a prepared statement whose text is not in view",
+        name,
+    )
+
+
+def _call(tag: str, node: Node, context: Context) -> None:
+    call = node.get("funccall") or {}
+    name = ".".join(name_parts(call.get("funcname")))
+    check_call(call, context)
+    context.add(
+        "sql.dynamic_sql",
+        f"CALL {name}(): the procedure's body is not visible",
+        name,
+        risk=Risk.MEDIUM,
+    )
+
+
+def _do(tag: str, node: Node, context: Context) -> None:
+    options = definitions(node.get("args"))
+    language = str(name_of(options.get("language")) or "plpgsql").lower()
+    context.add("sql.dynamic_sql", f"DO runs an anonymous {language} code block")
+    if language == "plpgsql":
+        _plpgsql_body(context, "a DO block")
+
+
+def _create_function(tag: str, node: Node, context: Context) -> None:
+    names = name_parts(node.get("funcname"))
+    name = ".".join(names)
+    kind = "procedure" if node.get("is_procedure") else "function"
+    if names[:1] != ["pg_temp"]:
+        verb = "CREATE OR REPLACE" if node.get("replace") else "CREATE"
+        context.add("sql.schema_change", f"{verb} {kind.upper()} {name} defines a {kind}", name)
+    if node.get("sql_body") is not None:
+        return  # BEGIN ATOMIC / RETURN bodies are in the tree: the walk covers them
+    options = definitions(node.get("options"))
+    language = str(name_of(options.get("language"))).lower()
+    body = options.get("as")
+    scope = f"the body of {kind} {name}"
+    if language == "sql":
+        texts = name_parts(body.get("List", {}).get("items") if isinstance(body, dict) else None)
+        _sql_body(" ".join(texts), context.nested(scope))
+    elif language == "plpgsql":
+        _plpgsql_body(context, scope, name)
+    elif language == "c":
+        context.add(
+            "sql.server_change",
+            f"CREATE {kind.upper()} {name} in language C loads a shared library into the server",
+            name,
+        )
+    elif language != "internal":
+        context.add(
+            "sql.dynamic_sql",
+            f"{scope} is written in {language or 'an unknown language'}: "
+            "the analyzer cannot see into it",
+            name,
+        )
+
+
+# --- function bodies ---------------------------------------------------------------------
+
+
+def _sql_body(text: str, context: Context) -> None:
+    """The statements of an SQL function body, analysed as nested ones."""
+    if context.depth > _MAX_BODY_DEPTH:
+        context.add("sql.dynamic_sql", f"{context.scope} is nested too deeply to analyse")
+        return
+    parsed = _parse(text)
+    if isinstance(parsed, str):
+        context.add("sql.dynamic_sql", f"{context.scope} cannot be analysed: {parsed}")
+        return
+    json_text, statements = parsed
+    walk = _may_hide_something(json_text, statements)
+    for raw, source in zip(statements, _statement_texts(text, statements), strict=True):
+        tag, node = only(raw["stmt"])
+        _statement(tag, node, replace(context, source=source), walk)
+
+
+def _plpgsql_body(context: Context, scope: str, subject: str = "") -> None:
+    """SQL inside a PL/pgSQL body (of the statement in ``context.source``)."""
+    inner = context.nested(scope)
+    if inner.depth > _MAX_BODY_DEPTH:
+        context.add("sql.dynamic_sql", f"{scope} is nested too deeply to analyse")
+        return
+    try:
+        tree = json.loads(parse_plpgsql_json(context.source))
+    except (ParseError, RecursionError, UnicodeError, ValueError) as error:
+        context.add(
+            "sql.dynamic_sql",
+            _clip(f"{scope} does not parse as PL/pgSQL ({error}): its statements are not visible"),
+        )
+        return
+    stack: list[Any] = [tree]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed(value))
+            continue
+        if not isinstance(value, dict):
+            continue
+        children: list[Any] = []
+        for key, child in value.items():
+            if key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors", "dynquery"):
+                context.add(
+                    "sql.dynamic_sql",
+                    f"EXECUTE of a query string inside {scope}: the SQL it runs is not visible",
+                    subject,
+                )
+            if key == "PLpgSQL_expr" and isinstance(child, dict):
+                _plpgsql_expression(child, inner)
+            elif isinstance(child, dict | list):
+                children.append(child)
+        stack.extend(reversed(children))
+
+
+def _plpgsql_expression(expression: Node, context: Context) -> None:
+    query = str(expression.get("query", ""))
+    mode = expression.get("parseMode", 0)
+    if mode == 0:
+        _sql_body(query, context)
+    elif mode == 2:
+        _sql_body("SELECT " + query, context)
+    elif mode in (3, 4, 5):
+        _sql_body("SELECT " + _assigned_value(query), context)
+
+
+def _assigned_value(assignment: str) -> str:
+    """The expression of a PL/pgSQL assignment ``target := expression``."""
+    depth = 0
+    for token in scan(assignment):
+        if token.name in ("ASCII_40", "ASCII_91"):
+            depth += 1
+        elif token.name in ("ASCII_41", "ASCII_93"):
+            depth -= 1
+        elif depth == 0 and token.name in ("COLON_EQUALS", "ASCII_61"):
+            return assignment.encode("utf-8")[token.end + 1 :].decode("utf-8", errors="replace")
+    return assignment
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+
+def _allow(tag: str, node: Node, context: Context) -> None:
+    """Statements known to be harmless by their type."""
+
+
+_ALLOWED: Final = (
+    "CheckPointStmt",
+    "ClosePortalStmt",
+    "ConstraintsSetStmt",
+    "DeallocateStmt",
+    "DeclareCursorStmt",
+    "DiscardStmt",
+    "FetchStmt",
+    "InsertStmt",
+    "ListenStmt",
+    "NotifyStmt",
+    "PrepareStmt",
+    "ReturnStmt",
+    "TransactionStmt",
+    "UnlistenStmt",
+    "VariableShowStmt",
+)
+
+
+_HANDLERS: Final[Mapping[str, Handler]] = {
+    **DDL_HANDLERS,
+    **dict.fromkeys(_ALLOWED, _allow),
+    "SelectStmt": _select,
+    "UpdateStmt": _check_write,
+    "DeleteStmt": _check_write,
+    "MergeStmt": _check_write,
+    "TruncateStmt": _truncate,
+    "CopyStmt": _copy,
+    "ExplainStmt": _explain,
+    "ExecuteStmt": _execute,
+    "CallStmt": _call,
+    "DoStmt": _do,
+    "VariableSetStmt": set_parameter,
+    "CreateFunctionStmt": _create_function,
+}
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 1] + "…"

@@ -1,0 +1,57 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import typer
+from rich.console import Console
+
+from jitgate.policy import Policy, PolicyError, default_policy, load_policy
+
+#: Exit code for bad input or configuration (distinct from decision codes).
+EXIT_USAGE = 2
+
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def load_policy_or_exit(path: Path | None) -> Policy:
+    if path is None:
+        return default_policy()
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        fail(str(error))
+
+
+def stdin_text() -> TextIO:
+    """Standard input as text that never fails to decode: undecodable bytes
+    become surrogates, which the analyzers treat as unparseable (held)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        return sys.stdin
+    return io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape")
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes shown as U+FFFD, safe to print."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def dump_json(value: Any) -> str:
+    """One line of JSON; non-ASCII kept readable unless it cannot be encoded."""
+    out = json.dumps(value, ensure_ascii=False)
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True)
+    return out

@@ -1,0 +1,341 @@
+"""Security properties of single commands, over generated chains, people and times."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from jitgate.actions.findings import Analysis, Risk
+from jitgate.actions.model import Action, Actor, fingerprint
+from jitgate.approvals import (
+    MIN_JUSTIFICATION,
+    ApprovalChain,
+    ApprovalError,
+    ApprovalRequest,
+    GrantScope,
+    Quorum,
+    RequestStatus,
+    Stage,
+    approve,
+    authorize,
+    break_glass,
+    create_request,
+    deny,
+    scope_allows,
+    stage_satisfied,
+)
+from jitgate.approvals.request import Approval
+from jitgate.policy.decision import Decision, Outcome
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+GROUPS = ("dba", "security", "sre", "managers")
+USERS = tuple(f"user{i}" for i in range(8))
+
+group_sets = st.lists(st.sampled_from(GROUPS), min_size=1, max_size=4, unique=True).map(tuple)
+memberships = st.dictionaries(
+    st.sampled_from(USERS), st.frozensets(st.sampled_from(GROUPS)), min_size=len(USERS)
+)
+
+
+@st.composite
+def stages(draw: st.DrawFn) -> Stage:
+    groups = draw(group_sets)
+    timeout = draw(st.none() | st.integers(5, 120).map(lambda m: timedelta(minutes=m)))
+    return Stage(
+        name=draw(st.sampled_from(["dba", "security", "owner", "cab"])),
+        groups=groups,
+        approvals=draw(st.integers(1, 3)),
+        quorum=draw(st.sampled_from(Quorum)),
+        mfa=draw(st.booleans()),
+        timeout=timeout,
+        escalate_to=draw(st.just(()) | group_sets) if timeout else (),
+    )
+
+
+chains = st.builds(
+    ApprovalChain,
+    stages=st.lists(stages(), min_size=1, max_size=3).map(tuple),
+    ttl=st.integers(10, 240).map(lambda m: timedelta(minutes=m)),
+    break_glass=st.booleans(),
+    grant_scope=st.sampled_from(GrantScope),
+    grant_ttl=st.integers(1, 60).map(lambda m: timedelta(minutes=m)),
+)
+texts = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=40
+)
+
+
+def make_action(text: str, user: str, target: str = "db-main") -> Action:
+    return Action.create("sql", text, target=target, environment="prod", user=user, at=T0)
+
+
+def make_decision(action: Action, chain: ApprovalChain) -> Decision:
+    return Decision(
+        outcome=Outcome.REQUIRE_APPROVAL,
+        risk=Risk.HIGH,
+        rules=("rule-a",),
+        reasons=("because",),
+        fingerprint=fingerprint(action),
+        analysis=Analysis(),
+        chain=chain,
+    )
+
+
+def new_request(
+    chain: ApprovalChain, requester: str, text: str = "DELETE FROM t"
+) -> ApprovalRequest:
+    action = make_action(text, requester)
+    return create_request("r", action, make_decision(action, chain), T0)[0]
+
+
+def drive_to_approval(
+    req: ApprovalRequest, members: dict[str, frozenset[str]], order: Sequence[str]
+) -> ApprovalRequest:
+    """Offer every person (with MFA) to each stage in turn, as often as it helps."""
+    now = T0
+    for _ in req.chain.stages:
+        for user in order:
+            if req.status is not RequestStatus.PENDING:
+                return req
+            try:
+                req, _ = approve(req, Actor(user, members[user]), now, mfa_verified=True)
+            except ApprovalError:
+                pass
+            now += timedelta(seconds=1)
+    return req
+
+
+@given(
+    chain=chains,
+    members=memberships,
+    requester=st.sampled_from(USERS),
+    minutes=st.integers(0, 600),
+    mfa=st.booleans(),
+    as_groups=st.frozensets(st.sampled_from(GROUPS)),
+)
+def test_the_requester_never_approves_their_own_request(
+    chain: ApprovalChain,
+    members: dict[str, frozenset[str]],
+    requester: str,
+    minutes: int,
+    mfa: bool,
+    as_groups: frozenset[str],
+) -> None:
+    req = drive_to_approval(
+        new_request(chain, requester), members, [u for u in USERS if u != requester]
+    )
+    try:
+        approve(req, Actor(requester, as_groups), T0 + timedelta(minutes=minutes), mfa_verified=mfa)
+    except ApprovalError as refusal:
+        assert refusal.code in {"self_approval", "not_pending", "request_expired"}
+        return
+    raise AssertionError("the requester approved their own request")
+
+
+@given(
+    chain=chains,
+    members=memberships,
+    requester=st.sampled_from(USERS),
+    order=st.permutations(USERS),
+)
+def test_approved_requests_have_distinct_eligible_approvers_per_stage(
+    chain: ApprovalChain,
+    members: dict[str, frozenset[str]],
+    requester: str,
+    order: list[str],
+) -> None:
+    req = drive_to_approval(new_request(chain, requester), members, order)
+    seen: set[str] = set()
+    for stage, state in zip(chain.stages, req.stages, strict=True):
+        for approval in state.approvals:
+            assert approval.approver != requester
+            assert approval.approver not in seen
+            seen.add(approval.approver)
+            assert set(approval.groups) <= members[approval.approver]
+            assert set(approval.groups) <= set(stage.groups)  # no escalation here
+            assert approval.mfa_verified or not stage.mfa
+    if req.status is RequestStatus.APPROVED:
+        assert all(s.completed for s in req.stages)
+        assert all(
+            stage_satisfied(s, st_.approvals)
+            for s, st_ in zip(chain.stages, req.stages, strict=True)
+        )
+
+
+def _assignable(stage: Stage, approvers: Sequence[frozenset[str]]) -> bool:
+    """Brute force: can distinct approvers fill ``approvals`` slots of each group?"""
+    slots = [g for g in stage.groups for _ in range(stage.approvals)]
+    if len(approvers) < len(slots):
+        return False
+    for chosen in itertools.permutations(range(len(approvers)), len(slots)):
+        if all(slot in approvers[i] for slot, i in zip(slots, chosen, strict=True)):
+            return True
+    return False
+
+
+@settings(max_examples=300)
+@given(
+    groups=st.lists(st.sampled_from(GROUPS[:3]), min_size=1, max_size=3, unique=True).map(tuple),
+    approvals=st.integers(1, 2),
+    people=st.lists(st.frozensets(st.sampled_from(GROUPS[:3]), min_size=1), max_size=6),
+)
+def test_quorum_all_completes_exactly_when_an_assignment_exists(
+    groups: tuple[str, ...], approvals: int, people: list[frozenset[str]]
+) -> None:
+    """Offering everybody in any order completes an ALL stage iff the set of
+    people could fill every group's slots: refusing an approval that does not
+    count never loses a completion that would have been possible."""
+    stage = Stage("all", groups, approvals=approvals, quorum=Quorum.ALL)
+    chain = ApprovalChain(stages=(stage,))
+    members = {f"p{i}": groups_ for i, groups_ in enumerate(people)}
+    members["requester"] = frozenset()
+    req = new_request(chain, "requester")
+    for user, groups_ in members.items():
+        if req.status is RequestStatus.PENDING:
+            try:
+                req, _ = approve(req, Actor(user, groups_), T0)
+            except ApprovalError as refusal:
+                assert refusal.code in {"not_eligible", "group_satisfied", "self_approval"}
+    eligible = [g & set(groups) for u, g in members.items() if g & set(groups)]
+    assert (req.status is RequestStatus.APPROVED) == _assignable(stage, eligible)
+    if req.status is RequestStatus.APPROVED:
+        approvals_ = req.stages[0].approvals
+        assert _assignable(stage, [frozenset(a.groups) for a in approvals_])
+        assert stage_satisfied(stage, approvals_)
+
+
+@given(
+    groups=st.lists(st.sampled_from(GROUPS), min_size=1, max_size=3, unique=True).map(tuple),
+    approvals=st.integers(1, 3),
+    quorum=st.sampled_from(Quorum),
+    given_=st.lists(st.frozensets(st.sampled_from(GROUPS)), max_size=8),
+)
+def test_stage_satisfied_agrees_with_brute_force(
+    groups: tuple[str, ...], approvals: int, quorum: Quorum, given_: list[frozenset[str]]
+) -> None:
+    stage = Stage("s", groups, approvals=approvals, quorum=quorum)
+    recorded = [
+        Approval(f"p{i}", tuple(g for g in groups if g in gs), T0)
+        for i, gs in enumerate(given_)
+        if set(gs) & set(groups)
+    ]
+    if quorum is Quorum.ANY:
+        expected = len(recorded) >= approvals
+    else:
+        expected = _assignable(stage, [frozenset(a.groups) for a in recorded])
+    assert stage_satisfied(stage, recorded) == expected
+
+
+@given(
+    text=texts,
+    position=st.integers(0, 39),
+    replacement=st.characters(codec="utf-8", exclude_categories=["Cs"]),
+    target=st.sampled_from(["db-main", "db-other"]),
+)
+def test_a_grant_authorizes_only_the_exact_fingerprint(
+    text: str, position: int, replacement: str, target: str
+) -> None:
+    assume(text.strip())
+    chain = ApprovalChain(stages=(Stage("dba", ("dba",)),))
+    req, _ = approve(new_request(chain, "alice", text), Actor.of("bob", ["dba"]), T0)
+    position %= len(text)
+    changed = make_action(text[:position] + replacement + text[position + 1 :], "alice", target)
+    attempted = fingerprint(changed)
+    try:
+        running, _ = authorize(req, attempted, Actor.of("alice"), T0 + timedelta(seconds=1))
+    except ApprovalError as refusal:
+        assert refusal.code == "grant_mismatch"
+        assert attempted != req.fingerprint
+        return
+    assert attempted == req.fingerprint
+    assert running.status is RequestStatus.EXECUTING
+    # Single use, whatever is attempted next.
+    try:
+        authorize(running, attempted, Actor.of("alice"), T0 + timedelta(seconds=2))
+    except ApprovalError as refusal:
+        assert refusal.code == "grant_used"
+    else:
+        raise AssertionError("a grant was used twice")
+
+
+@given(
+    user=st.sampled_from(USERS),
+    groups=st.frozensets(st.sampled_from(GROUPS)),
+    fingerprint_=st.text(max_size=80),
+)
+def test_nobody_but_the_requester_uses_the_grant(
+    user: str, groups: frozenset[str], fingerprint_: str
+) -> None:
+    chain = ApprovalChain(stages=(Stage("dba", ("dba",)),))
+    req, _ = approve(new_request(chain, "alice"), Actor.of("bob", ["dba"]), T0)
+    for attempted in (fingerprint_, req.fingerprint):
+        try:
+            authorize(req, attempted, Actor(user, groups), T0)
+        except ApprovalError as refusal:
+            assert refusal.code in {"grant_mismatch", "not_requester"}
+        else:
+            raise AssertionError("somebody other than the requester used the grant")
+
+
+@given(reason=st.text(alphabet=" \t\r\n\u00a0\u2003", max_size=10))
+def test_a_denial_without_a_reason_is_refused(reason: str) -> None:
+    req = new_request(ApprovalChain(stages=(Stage("dba", ("dba",)),)), "alice")
+    try:
+        deny(req, Actor.of("bob", ["dba"]), reason, T0)
+    except ApprovalError as refusal:
+        assert refusal.code == "reason_required"
+    else:
+        raise AssertionError("denied without a reason")
+
+
+@given(justification=st.text(max_size=30), by=st.sampled_from(["alice", "bob"]))
+def test_break_glass_needs_the_requester_and_a_real_justification(
+    justification: str, by: str
+) -> None:
+    chain = ApprovalChain(stages=(Stage("dba", ("dba",)),), break_glass=True)
+    req = new_request(chain, "alice")
+    try:
+        done, _ = break_glass(req, Actor.of(by, ["dba"]), justification, T0)
+    except ApprovalError as refusal:
+        assert refusal.code in {"not_requester", "justification_required"}
+        return
+    assert by == "alice"
+    assert len(justification.strip()) >= MIN_JUSTIFICATION
+    assert done.review_required and done.break_glass is not None
+
+
+@given(
+    user=st.sampled_from(["alice", "bob"]),
+    target=st.sampled_from(["db-main", "db-other"]),
+    rules=st.lists(st.sampled_from(["rule-a", "rule-b"]), unique=True).map(tuple),
+    outcome=st.sampled_from(Outcome),
+    minutes=st.integers(-5, 90),
+)
+def test_a_rule_grant_allows_only_its_requester_target_and_rules(
+    user: str, target: str, rules: tuple[str, ...], outcome: Outcome, minutes: int
+) -> None:
+    chain = ApprovalChain(
+        stages=(Stage("dba", ("dba",)),),
+        grant_scope=GrantScope.RULE,
+        grant_ttl=timedelta(hours=1),
+    )
+    req, _ = approve(new_request(chain, "alice"), Actor.of("bob", ["dba"]), T0)
+    grant = req.grant
+    assert grant is not None
+    action = make_action("DELETE FROM t WHERE id = 1", user, target)
+    decision = Decision(outcome, Risk.HIGH, rules, (), fingerprint(action), Analysis())
+    now = T0 + timedelta(minutes=minutes)
+    allowed = scope_allows(grant, action, decision, now)
+    expected = (
+        user == "alice"
+        and target == "db-main"
+        and outcome is Outcome.REQUIRE_APPROVAL
+        and bool(rules)
+        and set(rules) <= {"rule-a"}
+        and T0 <= now < T0 + timedelta(hours=1)
+    )
+    assert allowed == expected
