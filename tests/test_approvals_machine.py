@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -371,13 +371,15 @@ def test_the_ttl_wins_over_a_later_escalation_deadline() -> None:
     chain = replace(ESCALATING, ttl=45 * MINUTE)
     req, events = tick(new_request(chain), T0 + timedelta(hours=1))
     assert types(events) == ["stage_escalated", "request_expired"]
+    # The escalation group is told the real deadline: the ttl, not the stage's.
+    assert events[0].to_dict()["deadline"] == (T0 + 45 * MINUTE).isoformat()
     assert req.expiry_reason is ExpiryReason.TTL
     assert req.expired_at == T0 + 45 * MINUTE
 
 
 def test_a_stage_without_escalation_target_expires_the_request() -> None:
     chain = ApprovalChain(stages=(Stage("dba", ("dba",), timeout=10 * MINUTE),))
-    req, events = tick(new_request(chain), T0 + 10 * MINUTE)
+    _req, events = tick(new_request(chain), T0 + 10 * MINUTE)
     assert types(events) == ["stage_timed_out", "request_expired"]
     assert events[0].to_dict()["escalated"] is False
     with refused("request_expired"):
@@ -509,8 +511,10 @@ def test_break_glass_on_an_mfa_chain_needs_mfa() -> None:
 def test_break_glass_approves_and_requires_a_review() -> None:
     req, events = break_glass(new_request(GLASS), ALICE, WHY, T0 + MINUTE)
     assert req.status is RequestStatus.APPROVED
-    assert req.review_required and req.review_pending
-    assert req.grant is not None and req.grant.break_glass
+    assert req.review_required
+    assert req.review_pending
+    assert req.grant is not None
+    assert req.grant.break_glass
     assert types(events) == ["break_glass_used", "request_approved", "grant_issued"]
     assert events[0].to_dict()["notify_groups"] == ["dba"]
 
@@ -559,7 +563,8 @@ def test_authorize_runs_exactly_the_approved_action_once() -> None:
     running, events = authorize(req, req.fingerprint, ALICE, at)
     assert running.status is RequestStatus.EXECUTING
     assert types(events) == ["grant_consumed", "execution_started"]
-    assert running.grant is not None and running.grant.used_at == at
+    assert running.grant is not None
+    assert running.grant.used_at == at
     with refused("grant_used"):
         authorize(running, req.fingerprint, ALICE, at)
 
@@ -607,7 +612,8 @@ def test_report_outcome() -> None:
     done, events = report_outcome(req, ALICE, at, rows_affected=3)
     assert done.status is RequestStatus.EXECUTED
     assert types(events) == ["execution_finished"]
-    assert done.execution is not None and done.execution.finished_at == at
+    assert done.execution is not None
+    assert done.execution.finished_at == at
     assert report_outcome(req, ALICE, at, exit_code=0)[0].status is RequestStatus.EXECUTED
     assert report_outcome(req, ALICE, at, exit_code=2)[0].status is RequestStatus.FAILED
     failed, _ = report_outcome(req, ALICE, at, rows_affected=0, error="deadlock detected")
@@ -628,7 +634,8 @@ RULE_CHAIN = replace(ONE_DBA, grant_scope=GrantScope.RULE, grant_ttl=timedelta(h
 
 def rule_grant_request() -> ApprovalRequest:
     req = approved_request(RULE_CHAIN)
-    assert req.grant is not None and req.grant.scope is GrantScope.RULE
+    assert req.grant is not None
+    assert req.grant.scope is GrantScope.RULE
     return req
 
 
@@ -694,13 +701,15 @@ def test_revoking_an_unused_grant_cancels_the_request() -> None:
     done, events = revoke_grant(req, CAROL, "incident closed", at)
     assert done.status is RequestStatus.CANCELLED
     assert types(events) == ["grant_revoked", "request_cancelled"]
-    assert done.grant is not None and done.grant.revoked
+    assert done.grant is not None
+    assert done.grant.revoked
     with refused("grant_revoked"):
         authorize(done, req.fingerprint, ALICE, at)
     with refused("grant_revoked"):
         revoke_grant(done, CAROL, "again", at)
     admin, _ = revoke_grant(req, MALLORY, "security incident", at, as_admin=True)
-    assert admin.cancellation is not None and admin.cancellation.as_admin
+    assert admin.cancellation is not None
+    assert admin.cancellation.as_admin
 
 
 def test_revoking_a_used_rule_grant_stops_it_covering_more() -> None:
@@ -736,7 +745,7 @@ def test_revoke_refusals() -> None:
 
 
 def test_error_codes_and_event_types_are_unique_and_stable() -> None:
-    def leaves(cls: type) -> list[type]:
+    def leaves(cls: type[ApprovalError]) -> list[type[ApprovalError]]:
         return [cls, *(c for sub in cls.__subclasses__() for c in leaves(sub))]
 
     codes = [c.code for c in leaves(ApprovalError)]
@@ -787,3 +796,12 @@ def test_events_serialize_to_json() -> None:
         data = json.loads(json.dumps(event.to_dict()))
         assert data["type"] == event.type
         assert data["request_id"] == "req-1"
+
+
+def test_requests_are_immutable_values() -> None:
+    req = new_request()
+    with pytest.raises(FrozenInstanceError):
+        req.status = RequestStatus.APPROVED  # type: ignore[misc]
+    approved, _ = approve(req, BOB, T0 + MINUTE)
+    assert req.status is RequestStatus.PENDING
+    assert approved is not req

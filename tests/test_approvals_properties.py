@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -32,6 +35,8 @@ from jitgate.approvals.request import Approval
 from jitgate.policy.decision import Decision, Outcome
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+Result = TypeVar("Result")
 GROUPS = ("dba", "security", "sre", "managers")
 USERS = tuple(f"user{i}" for i in range(8))
 
@@ -92,6 +97,14 @@ def new_request(
     return create_request("r", action, make_decision(action, chain), T0)[0]
 
 
+def attempt(command: Callable[[], Result]) -> Result | ApprovalError:
+    """The command's result, or its refusal as a value to assert on."""
+    try:
+        return command()
+    except ApprovalError as refusal:
+        return refusal
+
+
 def drive_to_approval(
     req: ApprovalRequest, members: dict[str, frozenset[str]], order: Sequence[str]
 ) -> ApprovalRequest:
@@ -101,10 +114,8 @@ def drive_to_approval(
         for user in order:
             if req.status is not RequestStatus.PENDING:
                 return req
-            try:
+            with contextlib.suppress(ApprovalError):
                 req, _ = approve(req, Actor(user, members[user]), now, mfa_verified=True)
-            except ApprovalError:
-                pass
             now += timedelta(seconds=1)
     return req
 
@@ -128,12 +139,10 @@ def test_the_requester_never_approves_their_own_request(
     req = drive_to_approval(
         new_request(chain, requester), members, [u for u in USERS if u != requester]
     )
-    try:
-        approve(req, Actor(requester, as_groups), T0 + timedelta(minutes=minutes), mfa_verified=mfa)
-    except ApprovalError as refusal:
-        assert refusal.code in {"self_approval", "not_pending", "request_expired"}
-        return
-    raise AssertionError("the requester approved their own request")
+    at = T0 + timedelta(minutes=minutes)
+    result = attempt(lambda: approve(req, Actor(requester, as_groups), at, mfa_verified=mfa))
+    assert isinstance(result, ApprovalError), "the requester approved their own request"
+    assert result.code in {"self_approval", "not_pending", "request_expired"}
 
 
 @given(
@@ -196,10 +205,11 @@ def test_quorum_all_completes_exactly_when_an_assignment_exists(
     req = new_request(chain, "requester")
     for user, groups_ in members.items():
         if req.status is RequestStatus.PENDING:
-            try:
-                req, _ = approve(req, Actor(user, groups_), T0)
-            except ApprovalError as refusal:
-                assert refusal.code in {"not_eligible", "group_satisfied", "self_approval"}
+            result = attempt(partial(approve, req, Actor(user, groups_), T0))
+            if isinstance(result, ApprovalError):
+                assert result.code in {"not_eligible", "group_satisfied", "self_approval"}
+            else:
+                req, _ = result
     eligible = [g & set(groups) for u, g in members.items() if g & set(groups)]
     assert (req.status is RequestStatus.APPROVED) == _assignable(stage, eligible)
     if req.status is RequestStatus.APPROVED:
@@ -245,21 +255,18 @@ def test_a_grant_authorizes_only_the_exact_fingerprint(
     position %= len(text)
     changed = make_action(text[:position] + replacement + text[position + 1 :], "alice", target)
     attempted = fingerprint(changed)
-    try:
-        running, _ = authorize(req, attempted, Actor.of("alice"), T0 + timedelta(seconds=1))
-    except ApprovalError as refusal:
-        assert refusal.code == "grant_mismatch"
+    result = attempt(lambda: authorize(req, attempted, Actor.of("alice"), T0 + SECOND))
+    if isinstance(result, ApprovalError):
+        assert result.code == "grant_mismatch"
         assert attempted != req.fingerprint
         return
     assert attempted == req.fingerprint
+    running, _ = result
     assert running.status is RequestStatus.EXECUTING
     # Single use, whatever is attempted next.
-    try:
-        authorize(running, attempted, Actor.of("alice"), T0 + timedelta(seconds=2))
-    except ApprovalError as refusal:
-        assert refusal.code == "grant_used"
-    else:
-        raise AssertionError("a grant was used twice")
+    again = attempt(lambda: authorize(running, attempted, Actor.of("alice"), T0 + 2 * SECOND))
+    assert isinstance(again, ApprovalError), "a grant was used twice"
+    assert again.code == "grant_used"
 
 
 @given(
@@ -273,23 +280,17 @@ def test_nobody_but_the_requester_uses_the_grant(
     chain = ApprovalChain(stages=(Stage("dba", ("dba",)),))
     req, _ = approve(new_request(chain, "alice"), Actor.of("bob", ["dba"]), T0)
     for attempted in (fingerprint_, req.fingerprint):
-        try:
-            authorize(req, attempted, Actor(user, groups), T0)
-        except ApprovalError as refusal:
-            assert refusal.code in {"grant_mismatch", "not_requester"}
-        else:
-            raise AssertionError("somebody other than the requester used the grant")
+        result = attempt(partial(authorize, req, attempted, Actor(user, groups), T0))
+        assert isinstance(result, ApprovalError), "somebody else used the grant"
+        assert result.code in {"grant_mismatch", "not_requester"}
 
 
 @given(reason=st.text(alphabet=" \t\r\n\u00a0\u2003", max_size=10))
 def test_a_denial_without_a_reason_is_refused(reason: str) -> None:
     req = new_request(ApprovalChain(stages=(Stage("dba", ("dba",)),)), "alice")
-    try:
-        deny(req, Actor.of("bob", ["dba"]), reason, T0)
-    except ApprovalError as refusal:
-        assert refusal.code == "reason_required"
-    else:
-        raise AssertionError("denied without a reason")
+    result = attempt(lambda: deny(req, Actor.of("bob", ["dba"]), reason, T0))
+    assert isinstance(result, ApprovalError), "denied without a reason"
+    assert result.code == "reason_required"
 
 
 @given(justification=st.text(max_size=30), by=st.sampled_from(["alice", "bob"]))
@@ -298,14 +299,15 @@ def test_break_glass_needs_the_requester_and_a_real_justification(
 ) -> None:
     chain = ApprovalChain(stages=(Stage("dba", ("dba",)),), break_glass=True)
     req = new_request(chain, "alice")
-    try:
-        done, _ = break_glass(req, Actor.of(by, ["dba"]), justification, T0)
-    except ApprovalError as refusal:
-        assert refusal.code in {"not_requester", "justification_required"}
+    result = attempt(lambda: break_glass(req, Actor.of(by, ["dba"]), justification, T0))
+    if isinstance(result, ApprovalError):
+        assert result.code in {"not_requester", "justification_required"}
         return
+    done, _ = result
     assert by == "alice"
     assert len(justification.strip()) >= MIN_JUSTIFICATION
-    assert done.review_required and done.break_glass is not None
+    assert done.review_required
+    assert done.break_glass is not None
 
 
 @given(

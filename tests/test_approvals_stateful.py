@@ -11,10 +11,12 @@ state machine says about itself.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -258,20 +260,37 @@ class ApprovalWorkflow(RuleBasedStateMachine):
     @precondition(lambda self: self.requests)
     @rule(data=st.data())
     def tick_one(self, data: st.DataObject) -> None:
-        rid = self.pick(data)
-        result = self.attempt(rid, lambda r: tick(r, self.now))
-        assert not isinstance(result, ApprovalError)
-        new, events = result
-        deadline = next_deadline(new)
-        assert deadline is None or deadline > max(self.now, new.updated_at)
-        assert all(e.at <= self.now for e in events)
+        self.tick_and_check(self.pick(data))
 
     @precondition(lambda self: self.requests)
     @rule()
     def tick_all(self) -> None:
         for rid in list(self.requests):
-            result = self.attempt(rid, lambda r: tick(r, self.now))
-            assert not isinstance(result, ApprovalError)
+            self.tick_and_check(rid)
+
+    def tick_and_check(self, rid: str) -> None:
+        """After a tick nothing is overdue, judged from the chain, not from the
+        machine's own idea of its deadlines."""
+        result = self.attempt(rid, lambda r: tick(r, self.now))
+        assert not isinstance(result, ApprovalError)
+        req, events = result
+        now = max(self.now, req.updated_at)
+        assert all(e.at <= now for e in events)
+        deadline = next_deadline(req)
+        assert deadline is None or deadline > now
+        if req.status is S.PENDING:
+            assert now < req.expires_at, "pending past its ttl"
+            stage, state = req.chain.stages[req.stage_index], req.stages[req.stage_index]
+            if stage.timeout is not None:
+                assert state.started_at is not None
+                assert now < state.started_at + stage.timeout or (
+                    stage.escalate_to
+                    and state.escalated_at == state.started_at + stage.timeout
+                    and now < state.escalated_at + stage.timeout
+                ), "pending past its stage timeout"
+        if req.status is S.APPROVED:
+            assert req.grant is not None
+            assert now < req.grant.expires_at, "approved past the grant's validity"
 
     # --- creating ----------------------------------------------------------
 
@@ -322,12 +341,9 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         decision = Decision(
             Outcome.REQUIRE_APPROVAL, Risk.HIGH, ("r",), (), fingerprint(action), Analysis(), broken
         )
-        try:
+        with pytest.raises(ApprovalError) as refusal:
             create_request("broken", action, decision, self.now)
-        except ApprovalError as refusal:
-            assert refusal.code == "invalid_chain"
-        else:
-            raise AssertionError("a chain nobody can satisfy became a request")
+        assert refusal.value.code == "invalid_chain", "a chain nobody can satisfy"
 
     # --- deciding ----------------------------------------------------------
 
@@ -595,7 +611,8 @@ class ApprovalWorkflow(RuleBasedStateMachine):
             assert grant.issued_at <= self.now < grant.expires_at
             assert user == grant.requester
             assert on == grant.target
-            assert rules and set(rules) <= set(grant.rule_ids)
+            assert rules
+            assert set(rules) <= set(grant.rule_ids)
 
     # --- invariants --------------------------------------------------------------
 
@@ -647,22 +664,27 @@ class ApprovalWorkflow(RuleBasedStateMachine):
     def check_status(self, rid: str, req: ApprovalRequest) -> None:
         history = self.history[rid]
         assert history[-1] is req.status
-        for before, after in zip(history, history[1:], strict=False):
+        for before, after in itertools.pairwise(history):
             assert after in ALLOWED_TRANSITIONS[before]
         if S.EXECUTING in history:
             assert S.APPROVED in history[: history.index(S.EXECUTING)], "ran without approval"
         requester = req.requester.user
         status = req.status
         if status is S.PENDING:
-            assert req.grant is None and req.execution is None and req.break_glass is None
-            assert req.denial is None and req.cancellation is None and req.expired_at is None
+            assert req.grant is None
+            assert req.execution is None
+            assert req.break_glass is None
+            assert req.denial is None
+            assert req.cancellation is None
+            assert req.expired_at is None
             assert req.stage_index < len(req.stages)
             assert all(s.completed for s in req.stages[: req.stage_index])
             later = req.stages[req.stage_index + 1 :]
             assert all(s.started_at is None and not s.approvals for s in later)
         if status is S.DENIED:
             denial = req.denial
-            assert denial is not None and denial.reason.strip(), "denied without a reason"
+            assert denial is not None
+            assert denial.reason.strip(), "denied without a reason"
             assert denial.by != requester
             assert self.members[denial.by] & req.chain.approver_groups
             assert denial.at < req.expires_at
@@ -671,21 +693,28 @@ class ApprovalWorkflow(RuleBasedStateMachine):
             assert cancellation is not None
             assert cancellation.by == requester or cancellation.as_admin or req.grant is not None
         if status is S.EXPIRED:
-            assert req.expired_at is not None and req.expiry_reason is not None
+            assert req.expired_at is not None
+            assert req.expiry_reason is not None
             if req.expiry_reason is ExpiryReason.TTL:
                 assert req.expired_at == req.expires_at
             elif req.expiry_reason is ExpiryReason.STAGE_TIMEOUT:
                 state = req.stages[req.stage_index]
                 stage = req.chain.stages[req.stage_index]
-                assert state.started_at is not None and stage.timeout is not None
+                assert state.started_at is not None
+                assert stage.timeout is not None
+                # Escalation comes first: a stage with somewhere to escalate
+                # to does not expire the request at its first timeout.
+                assert state.escalated or not stage.escalate_to, "expired instead of escalating"
                 since = state.escalated_at or state.started_at
                 assert state.timed_out_at == req.expired_at == since + stage.timeout
                 assert req.expired_at < req.expires_at or req.expired_at == req.expires_at
             else:
-                assert req.grant is not None and req.expired_at == req.grant.expires_at
+                assert req.grant is not None
+                assert req.expired_at == req.grant.expires_at
         if status in (S.EXECUTED, S.FAILED):
             execution = req.execution
-            assert execution is not None and execution.outcome is not None
+            assert execution is not None
+            assert execution.outcome is not None
             assert execution.outcome.succeeded == (status is S.EXECUTED)
         if req.review is not None:
             assert req.break_glass is not None
@@ -697,7 +726,9 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         authorized = self.authorized[rid]
         if grant is None:
             assert req.status in (S.PENDING, S.DENIED, S.EXPIRED, S.CANCELLED)
-            assert req.approved_at is None and req.execution is None and not authorized
+            assert req.approved_at is None
+            assert req.execution is None
+            assert not authorized
             return
         # A grant exists only for an approved request: by its chain, or by break-glass.
         assert req.approved_at == grant.issued_at < req.expires_at
@@ -710,11 +741,14 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         if glass is None:
             assert req.stage_index == len(req.chain.stages)
             assert all(s.completed for s in req.stages), "approved with a stage unsatisfied"
-            assert not grant.break_glass and not req.review_required
+            assert not grant.break_glass
+            assert not req.review_required
         else:
-            assert req.chain.break_glass and glass.by == req.requester.user
+            assert req.chain.break_glass
+            assert glass.by == req.requester.user
             assert len(glass.justification.strip()) >= MIN_JUSTIFICATION
-            assert req.review_required and grant.break_glass
+            assert req.review_required
+            assert grant.break_glass
             if any(s.mfa for s in req.chain.stages):
                 assert self.glass_mfa[rid] is True
         # Consumed at most once, only for the exact fingerprint, by the requester.
@@ -724,9 +758,11 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         if grant.used_at is not None:
             assert grant.issued_at <= grant.used_at < grant.expires_at
         if req.status is S.EXPIRED:
-            assert req.expiry_reason is ExpiryReason.GRANT_EXPIRED and not grant.used
+            assert req.expiry_reason is ExpiryReason.GRANT_EXPIRED
+            assert not grant.used
         if req.status is S.CANCELLED:
-            assert grant.revoked and not grant.used
+            assert grant.revoked
+            assert not grant.used
         if req.status is S.APPROVED:
             assert not grant.revoked
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Any
 
 

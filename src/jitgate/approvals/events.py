@@ -56,7 +56,10 @@ class RequestCreated(Event):
 
     requester: str
     fingerprint: str
+    target: str
+    environment: str
     rules: tuple[str, ...]
+    reasons: tuple[str, ...]
     risk: str
     expires_at: datetime
 
@@ -102,7 +105,8 @@ class StageEscalated(Event):
     stage: str
     #: The escalation groups that may now approve: notify them.
     notify_groups: tuple[str, ...]
-    #: When the escalated stage times out in turn (and the request expires).
+    #: When the request expires unless the stage completes: the escalated
+    #: stage's own timeout, or the request's ttl if that comes first.
     deadline: datetime
 
 

@@ -107,10 +107,6 @@ Transition = tuple[ApprovalRequest, tuple[Event, ...]]
 #: refused and the reviewer has something to review.
 MIN_JUSTIFICATION = 10
 
-PENDING = RequestStatus.PENDING
-APPROVED = RequestStatus.APPROVED
-EXECUTING = RequestStatus.EXECUTING
-
 
 # --- helpers ------------------------------------------------------------------
 
@@ -185,7 +181,7 @@ def _grant_issued(grant: Grant) -> GrantIssued:
 def _require_pending(req: ApprovalRequest) -> None:
     if req.status is RequestStatus.EXPIRED:
         raise RequestExpiredError(f"request {req.id} has expired")
-    if req.status is not PENDING:
+    if req.status is not RequestStatus.PENDING:
         raise NotPendingError(f"request {req.id} is {req.status.value}, not pending")
 
 
@@ -208,7 +204,7 @@ def stage_deadline(req: ApprovalRequest) -> datetime | None:
 
 
 def _next_due(req: ApprovalRequest) -> tuple[datetime, _Due] | None:
-    if req.status is PENDING:
+    if req.status is RequestStatus.PENDING:
         due = [(req.expires_at, _Due.TTL)]
         deadline = stage_deadline(req)
         if deadline is not None:
@@ -216,7 +212,7 @@ def _next_due(req: ApprovalRequest) -> tuple[datetime, _Due] | None:
         # On a tie the request simply expires: escalating at the very moment
         # the request dies would notify people about nothing.
         return min(due, key=lambda d: (d[0], d[1] is not _Due.TTL))
-    if req.status is APPROVED and req.grant is not None and not req.grant.used:
+    if req.status is RequestStatus.APPROVED and req.grant is not None and not req.grant.used:
         return (req.grant.expires_at, _Due.GRANT)
     return None
 
@@ -246,7 +242,12 @@ def _apply_due(req: ApprovalRequest, at: datetime, due: _Due) -> Transition:
             state, escalated_at=at, eligible_groups=stage.eligible_groups(escalated=True)
         )
         event = StageEscalated(
-            req.id, at, index, stage.name, stage.escalate_to, deadline=at + stage.timeout
+            req.id,
+            at,
+            index,
+            stage.name,
+            stage.escalate_to,
+            deadline=min(at + stage.timeout, req.expires_at),
         )
         return replace(req, stages=_replace_stage(req, index, escalated)), (event,)
     timed_out = replace(state, timed_out_at=at)
@@ -324,7 +325,18 @@ def create_request(id: str, action: Action, decision: Decision, now: datetime) -
         stages=stages,
     )
     return req, (
-        RequestCreated(id, now, user, actual, decision.rules, req.risk, req.expires_at),
+        RequestCreated(
+            id,
+            now,
+            requester=user,
+            fingerprint=actual,
+            target=action.target,
+            environment=action.environment,
+            rules=req.rules,
+            reasons=req.reasons,
+            risk=req.risk,
+            expires_at=req.expires_at,
+        ),
         StageStarted(id, now, 0, first.name, first.groups),
     )
 
@@ -393,7 +405,9 @@ def approve(
         return req, tuple(events)
 
     grant = _issue_grant(req, now, break_glass=False)
-    req = replace(req, status=APPROVED, stage_index=following, approved_at=now, grant=grant)
+    req = replace(
+        req, status=RequestStatus.APPROVED, stage_index=following, approved_at=now, grant=grant
+    )
     events += [RequestApproved(req.id, now, break_glass=False), _grant_issued(grant)]
     return req, tuple(events)
 
@@ -404,7 +418,8 @@ def deny(req: ApprovalRequest, approver: Actor, reason: str, now: datetime) -> T
     Any member of any of the chain's groups (escalation targets included)
     may deny, at any stage: a later stage's approver who spots a problem
     early should not have to wait for their turn, and refusing is the safe
-    direction, so it needs neither MFA nor the stage's turn.
+    direction, so it needs neither MFA nor the stage's turn, and somebody who
+    approved an earlier stage may still change their mind.
     """
     req, events, now = _advance(req, now)
     _require_pending(req)
@@ -474,7 +489,7 @@ def break_glass(
     grant = _issue_grant(req, now, break_glass=True)
     req = replace(
         req,
-        status=APPROVED,
+        status=RequestStatus.APPROVED,
         approved_at=now,
         break_glass=BreakGlass(user, justification, now),
         review_required=True,
@@ -548,7 +563,7 @@ def authorize(
         raise GrantRevokedError("the grant has been revoked")
     if req.status is RequestStatus.EXPIRED or grant.expired(now):
         raise GrantExpiredError("the grant has expired")
-    if req.status is not APPROVED:
+    if req.status is not RequestStatus.APPROVED:
         raise NotApprovedError(f"request {req.id} is {req.status.value}, not approved")
     if action_fingerprint != grant.fingerprint:
         raise GrantMismatchError("the action differs from the one that was approved")
@@ -557,7 +572,7 @@ def authorize(
         raise NotRequesterError("only the requester may use the grant")
     req = replace(
         req,
-        status=EXECUTING,
+        status=RequestStatus.EXECUTING,
         grant=replace(grant, used_at=now),
         execution=Execution(executor=user, started_at=now),
         updated_at=now,
@@ -588,7 +603,7 @@ def report_outcome(
     """
     req, events, now = _advance(req, now)
     execution = req.execution
-    if req.status is not EXECUTING or execution is None:
+    if req.status is not RequestStatus.EXECUTING or execution is None:
         raise NotExecutingError(f"request {req.id} is {req.status.value}, not executing")
     user = _user(by)
     if user != execution.executor and not as_service:
@@ -636,7 +651,7 @@ def revoke_grant(
     if _blank(reason):
         raise ReasonRequiredError("revoking a grant needs a reason")
     revoked = replace(grant, revoked_at=now, revoked_by=user, revoke_reason=reason)
-    if req.status is APPROVED:
+    if req.status is RequestStatus.APPROVED:
         cancellation = Cancellation(user, reason, now, as_admin=as_admin)
         req = replace(
             req,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jitgate.cli import evaluate, policy
+from jitgate.cli import admin, evaluate, policy, requests, run, serve
 
 app = typer.Typer(
     name="jitgate",
@@ -15,6 +15,17 @@ app = typer.Typer(
 )
 app.command("evaluate")(evaluate.evaluate_command)
 app.add_typer(policy.app, name="policy")
+app.command("serve")(serve.serve_command)
+app.add_typer(admin.app, name="admin")
+app.command("request")(requests.request_command)
+app.command("approve")(requests.approve_command)
+app.command("deny")(requests.deny_command)
+app.command("cancel")(requests.cancel_command)
+app.command("outcome")(requests.outcome_command)
+app.add_typer(requests.requests_app, name="requests")
+app.command(
+    "run", context_settings={"allow_interspersed_args": False}
+)(run.run_command)
 
 
 def main() -> None:

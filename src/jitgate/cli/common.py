@@ -55,3 +55,21 @@ def dump_json(value: Any) -> str:
     except UnicodeEncodeError:
         return json.dumps(value, ensure_ascii=True)
     return out
+
+
+#: Exit codes of the commands that wait for a decision (request --wait, run).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_DENIED = 3
+EXIT_EXPIRED = 4
+
+
+def data_dir() -> Path:
+    """Where the embedded SQLite store lives unless --db says otherwise."""
+    import os
+
+    explicit = os.environ.get("JITGATE_DATA_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "jitgate"

@@ -1,0 +1,26 @@
+"""``jitgate serve``: the approval service over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jitgate.cli.common import data_dir, load_policy_or_exit
+from jitgate.cli.options import Db
+
+
+def serve_command(
+    db: Db = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8470,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", "-p", help="Policy file (default: the catalog).")
+    ] = None,
+) -> None:
+    """Run the approval service: REST API, live events, metrics."""
+    from jitgate.server.run import run_server
+
+    compiled = load_policy_or_exit(policy)  # a broken policy stops start-up, with file:line
+    run_server(db_url=db, data_dir=data_dir(), host=host, port=port, policy=compiled)

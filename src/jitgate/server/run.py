@@ -1,0 +1,212 @@
+"""Run the API server: store, policy, service, app, uvicorn.
+
+``run_server`` is what ``jitgate serve`` calls; ``serve`` is the same inside
+a running event loop. uvicorn runs programmatically (``uvicorn.Server``),
+with uvloop and httptools when installed (``uvicorn[standard]``).
+
+Shutdown: the first SIGINT or SIGTERM stops accepting connections, ends the
+open event streams (they would otherwise hold the server up until the
+graceful timeout), lets running requests finish, stops the service and
+closes the database; a second SIGINT forces the exit. ``run_server`` then
+returns normally (exit status 0); it does not re-raise the signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Generator
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import uvicorn
+from fastapi import FastAPI
+
+from jitgate.evaluator import Evaluator
+from jitgate.policy import Policy, load_policy
+from jitgate.server.app import begin_shutdown, create_app
+from jitgate.server.limits import DEFAULT_MAX_BODY
+from jitgate.service import ApprovalService
+from jitgate.store import Database, migrate
+
+logger = logging.getLogger("jitgate.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+#: How long running requests may take to finish once shutdown begins.
+DEFAULT_GRACEFUL_TIMEOUT = 10.0
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: Called once the server listens, with the host and the bound port.
+ReadyCallback = Callable[[str, int], None]
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, with jitgate's shutdown.
+
+    Signals are handled by the event loop (``loop.add_signal_handler``), not
+    re-raised after shutdown (uvicorn's default, meant for its own CLI), and
+    the first one also ends the app's event streams.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        install_signal_handlers: bool = True,
+        on_ready: ReadyCallback | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._install_signal_handlers = install_signal_handlers
+        self._on_ready = on_ready
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        installed: list[int] = []
+        if self._install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            for signum in HANDLED_SIGNALS:
+                try:
+                    loop.add_signal_handler(signum, self.handle_exit, int(signum), None)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    continue  # not the main thread, or no signals here
+                installed.append(int(signum))
+        try:
+            yield
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            logger.info("received %s, shutting down", signal.Signals(sig).name)
+        super().handle_exit(sig, frame)
+        self.begin_shutdown()
+
+    def begin_shutdown(self) -> None:
+        app = self.config.app
+        if isinstance(app, FastAPI):
+            begin_shutdown(app)
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self._on_ready is not None and self.started:
+            host, port = self.bound_address()
+            self._on_ready(host, port)
+
+    def bound_address(self) -> tuple[str, int]:
+        """The address of the first listening socket (the real port when given 0)."""
+        for server in self.servers:
+            for sock in server.sockets:
+                address = sock.getsockname()
+                return str(address[0]), int(address[1])
+        return self.config.host, self.config.port
+
+
+def make_server(
+    app: FastAPI,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    log_level: str | None = "info",
+    access_log: bool = True,
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+    install_signal_handlers: bool = True,
+    on_ready: ReadyCallback | None = None,
+    lifespan: Literal["on", "off"] = "on",
+) -> Server:
+    """A uvicorn server for ``app`` (``port=0``: any free port; see ``bound_address``).
+
+    ``lifespan="off"`` when the caller runs the app's lifespan itself.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="auto",
+        http="auto",
+        lifespan=lifespan,
+        log_level=log_level,
+        access_log=access_log,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+    )
+    return Server(config, install_signal_handlers=install_signal_handlers, on_ready=on_ready)
+
+
+async def serve(
+    db_url: str | None,
+    *,
+    data_dir: Path | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    policy: Policy | None = None,
+    policy_path: str | Path | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    metrics_public: bool = False,
+    log_level: str | None = "info",
+    access_log: bool = True,
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+    install_signal_handlers: bool = True,
+    on_ready: ReadyCallback | None = None,
+) -> None:
+    """Migrate the store, then serve the API until a signal (or ``should_exit``).
+
+    ``db_url`` as the CLI takes it (``None``: ``<data_dir>/jitgate.db``);
+    ``policy`` (compiled) or ``policy_path`` (a file to load): the policy,
+    by default the built-in catalog. Errors
+    before the server starts (bad URL, bad policy, unreachable database)
+    propagate: :class:`~jitgate.store.DatabaseURLError`,
+    :class:`~jitgate.policy.PolicyError`, ...
+    """
+    if db_url is None and data_dir is None:
+        raise ValueError("give a database URL or a data directory")
+    if policy is not None and policy_path is not None:
+        raise ValueError("give a policy or a policy path, not both")
+    if policy_path is not None:
+        policy = load_policy(policy_path)
+    evaluator = Evaluator(policy)
+    db = Database.open(db_url, data_dir or Path("."))
+    try:
+        await migrate(db)
+        service = ApprovalService(db, evaluator)
+        app = create_app(service, max_body=max_body, metrics_public=metrics_public)
+        server = make_server(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            graceful_timeout=graceful_timeout,
+            install_signal_handlers=install_signal_handlers,
+            on_ready=on_ready,
+        )
+        logger.info("serving %s on http://%s:%d", db.display_url, host, port)
+        await server.serve()
+    finally:
+        await db.close()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_server(
+    db_url: str | None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    policy_path: str | Path | None = None,
+    **options: Any,
+) -> None:
+    """Blocking :func:`serve` on a fresh event loop (uvloop when installed)."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(db_url, host=host, port=port, policy_path=policy_path, **options))
