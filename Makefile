@@ -33,6 +33,7 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/bench_evaluate.py
+	$(BIN)/python bench/bench_approvals.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

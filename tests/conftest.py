@@ -410,9 +410,9 @@ class ApiEnv:
             **fields,
         }
 
-    async def submit(self, user: str = "ann", **fields: Any) -> dict[str, Any]:
+    async def submit(self, caller: str = "ann", **fields: Any) -> dict[str, Any]:
         """Submit a held action through the API; the new request's view."""
-        response = await self.call(user, "POST", "/api/v1/requests", json=self.action(**fields))
+        response = await self.call(caller, "POST", "/api/v1/requests", json=self.action(**fields))
         assert response.status_code == 201, response.text
         view: dict[str, Any] = response.json()["request"]
         return view

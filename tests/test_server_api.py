@@ -148,7 +148,7 @@ async def test_evaluate_and_unheld_submissions(api: ApiEnv) -> None:
     assert held.status_code == 200
     decision = held.json()
     assert decision["decision"] == "require_approval"
-    assert decision["findings"][0]["code"] == "sql.delete_without_where" or decision["findings"]
+    assert "sql.delete_without_where" in {f["code"] for f in decision["findings"]}
     assert decision["chain"]["stages"][0]["groups"] == ["approvers"]
 
     allowed = {"kind": "sql", "text": "SELECT 1", "env": "prod", "target": "main"}
@@ -600,6 +600,32 @@ async def test_metrics(api: ApiEnv) -> None:
         == 1
     )
     assert api.app.state.metrics.hooked  # the numbers came from the service's hooks
+
+
+async def test_metrics_without_service_hooks(db: Database) -> None:
+    """A service without ``on_change``: the routes report what they return."""
+    env = await make_api_env(db)
+    env.service.on_change = ()  # iterable for the service, but no list to subscribe to
+    from jitgate.server import create_app
+
+    env.app = create_app(env.service)
+    env.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url="http://t")
+    assert not env.app.state.metrics.hooked
+    async with env.app.router.lifespan_context(env.app):
+        first = await env.submit("ann")
+        second = await env.submit("ann")
+        await env.act("bob", first["id"], "approve")
+        await env.act("bob", second["id"], "deny", {"reason": "no"})
+        await env.act("ann", first["id"], "authorize", {"fingerprint": first["fingerprint"]})
+        await env.act("ann", first["id"], "outcome", {"exit_code": 0})
+        await env.call("ann", "POST", f"{API}/evaluate", json={"kind": "sql", "text": "SELECT 1"})
+        text = (await env.call("ann", "GET", "/metrics")).text
+    await env.client.aclose()
+    assert sample(text, "jitgate_decisions_total", decision="require_approval") == 2
+    assert sample(text, "jitgate_decisions_total", decision="allow") == 1
+    assert sample(text, "jitgate_requests_total", status="denied") == 1
+    assert sample(text, "jitgate_requests_total", status="executed") == 1
+    assert sample(text, "jitgate_time_to_decision_seconds_count") == 2
 
 
 async def test_metrics_may_be_public(db: Database) -> None:

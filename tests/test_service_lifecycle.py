@@ -224,7 +224,7 @@ async def test_break_glass_and_review(world: ServiceWorld) -> None:
     await refused(s.review(p["bob"], rid, "meh"), "invalid_request", 422)
     await refused(s.review(p["bob"], rid, "concern"), "reason_required", 422)
     view = await s.review(p["bob"], rid, "concern", "should have called the on-call lead")
-    assert view["review"]["verdict"] == "unjustified"
+    assert view["review"]["verdict"] == "concern"
     assert view["review"]["by"] == "bob"
     await refused(s.review(p["bea"], rid, "ok"), "already_reviewed", 409)
     view = await s.authorize(p["ann"], rid, view["fingerprint"])

@@ -201,3 +201,25 @@ async def test_a_new_request_elsewhere_wakes_the_ticker(
     async with asyncio.timeout(5):
         while not a._wake.is_set():
             await asyncio.sleep(0.01)
+
+
+async def test_stop_is_prompt_right_after_a_wake_up(db: Database) -> None:
+    """Regression: on 3.11 asyncio.wait_for could swallow stop()'s cancellation."""
+    world = await make_world(db, clock=False)
+    s = world.service
+    for _ in range(5):
+        await s.start()
+        await world.submit("ann")  # wakes the ticker
+        started = time.perf_counter()
+        await asyncio.wait_for(s.stop(), 2)
+        assert time.perf_counter() - started < 1
+    if db.backend == "postgresql":
+        conn = await asyncpg.connect(asyncpg_dsn(db.url))
+        try:
+            listening = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+        finally:
+            await conn.close()
+        assert listening == 0

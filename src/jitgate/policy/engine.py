@@ -251,7 +251,8 @@ class Policy:
         payload or the attributes. Without one, a decision depends only on the
         kind, text, target, environment, user and groups."""
         return any(
-            rule.match.when is not None or (rule.unless is not None and rule.unless.when is not None)
+            rule.match.when is not None
+            or (rule.unless is not None and rule.unless.when is not None)
             for rule in self.rules
         )
 

@@ -84,6 +84,11 @@ def view_response(view: Mapping[str, Any] | None, status: int = 200) -> JSONResp
     return JSONResponse(jsonable_encoder(view), status_code=status)
 
 
+def action_record(body: ActionBody) -> dict[str, Any]:
+    """The fields the client sent (``null`` meaning absent), for the service."""
+    return body.model_dump(exclude_unset=True, exclude_none=True)
+
+
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
 
@@ -92,9 +97,9 @@ router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
 @router.post("/evaluate", response_model=DecisionOut, tags=["actions"])
 async def evaluate(request: Request, principal: CurrentPrincipal, body: ActionBody) -> Response:
-    """Decide on an action without holding it (nothing is stored)."""
+    """Decide on an action without holding it (a non-allow decision is audited)."""
     ctx = context(request)
-    decision = await ctx.service.evaluate(principal, body.model_dump(exclude_unset=True))
+    decision = await ctx.service.evaluate(principal, action_record(body))
     ctx.metrics.observe_decision(decision.outcome.label)
     return view_response(decision.to_dict())
 
@@ -109,7 +114,7 @@ async def evaluate(request: Request, principal: CurrentPrincipal, body: ActionBo
 async def submit(request: Request, principal: CurrentPrincipal, body: ActionBody) -> Response:
     """Submit an action: held for approval (201) or decided at once (200)."""
     ctx = context(request)
-    submission = await ctx.service.submit(principal, body.model_dump(exclude_unset=True))
+    submission = await ctx.service.submit(principal, action_record(body))
     ctx.metrics.observe_decision(submission.decision.outcome.label)
     held = submission.request is not None
     return view_response(
@@ -253,6 +258,20 @@ def is_final(view: Mapping[str, Any]) -> bool:
 
 HEARTBEAT = b": ping\n\n"
 
+#: One event of the stream (OpenAPI 3.2 ``itemSchema``): ``data`` is a request view.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "const": "state"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/RequestView"},
+        },
+    },
+}
+
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
     close = getattr(iterator, "aclose", None)
@@ -319,7 +338,7 @@ async def event_stream(
         200: {
             "description": "Server-Sent Events: `event: state`, `data: <request view>` at "
             "once and on every change; the stream ends after a final state.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"itemSchema": SSE_EVENT_SCHEMA}},
         }
     },
 )

@@ -16,6 +16,8 @@ routes (:mod:`jitgate.server.api`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +39,11 @@ from jitgate.server.metrics import (
 from jitgate.server.models import Health
 from jitgate.service import ApprovalService
 
+#: Seconds shutdown waits for ``service.stop()`` before cancelling it.
+DEFAULT_STOP_TIMEOUT = 5.0
+
+logger = logging.getLogger("jitgate.server")
+
 OPENAPI_URL = "/openapi.json"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -48,6 +55,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     metrics_public: bool = False,
     sse_heartbeat: float = DEFAULT_HEARTBEAT_SECONDS,
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT,
 ) -> FastAPI:
     """The jitgate HTTP API over ``service``.
 
@@ -55,7 +63,8 @@ def create_app(
     serve ``/metrics`` without a token (for a scraper on a private network);
     by default it needs one, like every endpoint but ``/healthz`` and
     ``/openapi.json``. ``sse_heartbeat``: seconds between keep-alive comments
-    on an idle event stream.
+    on an idle event stream. ``stop_timeout``: how long shutdown waits for
+    ``service.stop()`` before cancelling it (a shutdown must not hang).
     """
     metrics = Metrics()
     metrics.attach(service)
@@ -69,7 +78,7 @@ def create_app(
             yield
         finally:
             ctx.shutdown.set()
-            await service.stop()
+            await stop_service(service, stop_timeout)
 
     app = FastAPI(
         title="jitgate",
@@ -128,6 +137,22 @@ def create_app(
     templates = RouteTemplates(lambda: [OPENAPI_URL, *app.openapi().get("paths", {})])
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics, templates=templates)
     return app
+
+
+async def stop_service(service: ApprovalService, timeout: float) -> None:
+    """``service.stop()``, cancelled (and logged) if it takes longer than ``timeout``.
+
+    Cancelling it also re-cancels the background tasks it waits for, which
+    ends one that missed its first cancellation.
+    """
+    stopping = asyncio.ensure_future(service.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=timeout)
+    if stopping in done:
+        stopping.result()
+        return
+    logger.warning("the approval service did not stop within %.1f s; cancelling it", timeout)
+    stopping.cancel()
+    await asyncio.wait({stopping}, timeout=timeout)
 
 
 def begin_shutdown(app: FastAPI) -> None:

@@ -153,8 +153,9 @@ async def serve(
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
     install_signal_handlers: bool = True,
     on_ready: ReadyCallback | None = None,
+    shutdown: asyncio.Event | None = None,
 ) -> None:
-    """Migrate the store, then serve the API until a signal (or ``should_exit``).
+    """Migrate the store, then serve the API until a signal or ``shutdown`` is set.
 
     ``db_url`` as the CLI takes it (``None``: ``<data_dir>/jitgate.db``);
     ``policy`` (compiled) or ``policy_path`` (a file to load): the policy,
@@ -186,9 +187,20 @@ async def serve(
             on_ready=on_ready,
         )
         logger.info("serving %s on http://%s:%d", db.display_url, host, port)
-        await server.serve()
+        stopper = asyncio.create_task(_stop_on(shutdown, server)) if shutdown else None
+        try:
+            await server.serve()
+        finally:
+            if stopper is not None:
+                stopper.cancel()
     finally:
         await db.close()
+
+
+async def _stop_on(event: asyncio.Event, server: Server) -> None:
+    await event.wait()
+    server.should_exit = True
+    server.begin_shutdown()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

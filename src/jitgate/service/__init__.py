@@ -9,6 +9,17 @@ escalates requests.
 
 from jitgate.service.approvals import ApprovalService, Submission
 from jitgate.service.errors import ServiceError
+from jitgate.service.metrics import ChangeHook, ServiceStats
 from jitgate.service.principal import Principal
+from jitgate.service.views import FINAL_STATUSES, request_view
 
-__all__ = ["ApprovalService", "Principal", "ServiceError", "Submission"]
+__all__ = [
+    "FINAL_STATUSES",
+    "ApprovalService",
+    "ChangeHook",
+    "Principal",
+    "ServiceError",
+    "ServiceStats",
+    "Submission",
+    "request_view",
+]

@@ -63,7 +63,6 @@ each commit (topics ``decision``, ``status``, ``decided``, ``refused``; see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -109,7 +108,7 @@ from jitgate.service.codec import (
     request_row,
 )
 from jitgate.service.errors import ServiceError
-from jitgate.service.hub import Hub
+from jitgate.service.hub import Hub, wait_event
 from jitgate.service.listener import CHANNEL, Listener, asyncpg_dsn, notify_payload
 from jitgate.service.metrics import ChangeHook, ServiceStats, emit
 from jitgate.service.principal import Principal
@@ -260,6 +259,7 @@ class ApprovalService:
         self._refresh_again: set[str] = set()
         self._touched: dict[str, datetime] = {}
         self._stuck: set[str] = set()
+        self._stopping = False
         self._before_update: BeforeUpdate | None = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -271,10 +271,14 @@ class ApprovalService:
                 asyncpg_dsn(self.db.url), self._on_notify, on_connect=self._resync
             )
             await self._listener.start()
+        self._stopping = False
         if ticker and self._ticker_task is None:
             self._ticker_task = asyncio.create_task(self._tick_loop(), name="jitgate-ticker")
 
     async def stop(self) -> None:
+        """Stop the ticker and the LISTEN connection (waiters are left to their owners)."""
+        self._stopping = True
+        self._wake.set()
         task, self._ticker_task = self._ticker_task, None
         if task is not None:
             task.cancel()
@@ -1011,7 +1015,7 @@ class ApprovalService:
         return earliest
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             delay = self.tick_cap
             try:
@@ -1024,5 +1028,4 @@ class ApprovalService:
                 raise
             except Exception:
                 log.exception("the ticker failed; retrying in %.1f s", delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_event(self._wake, delay)

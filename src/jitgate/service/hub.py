@@ -26,6 +26,23 @@ MAX_QUEUED = 64
 Published = tuple[int, Mapping[str, Any]]
 
 
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; whether it is set.
+
+    ``asyncio.wait_for`` on Python 3.11 may swallow a cancellation that races
+    the awaited event (it returns the result instead), which would let a task
+    that is being stopped carry on; ``asyncio.timeout`` does not.
+    """
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True
+
+
 class Subscription:
     """One waiter's queue of (version, view) for one request."""
 
@@ -56,9 +73,7 @@ class Subscription:
         """The next queued view; None if ``timeout`` seconds pass first."""
         while not self._queue:
             self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), timeout)
-            except TimeoutError:
+            if not await wait_event(self._event, timeout):
                 return None
         return self._queue.popleft()
 

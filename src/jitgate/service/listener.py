@@ -25,6 +25,8 @@ from typing import Any, Final
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from jitgate.service.hub import wait_event
+
 #: The channel every jitgate process notifies and listens on.
 CHANNEL: Final = "jitgate_requests"
 
@@ -78,6 +80,7 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
+        self._stopping = False
         #: How many times a connection was established (for tests and health).
         self.connections = 0
 
@@ -98,20 +101,13 @@ class Listener:
         logs); waiters then only wake on changes made by this process.
         """
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="jitgate-listener")
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except TimeoutError:
+        if not await wait_event(self._connected, timeout):
             log.warning("LISTEN connection not up after %.0f s; retrying in background", timeout)
 
-    async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
     async def stop(self) -> None:
+        self._stopping = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -129,7 +125,7 @@ class Listener:
 
     async def _run(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=10)
@@ -138,16 +134,17 @@ class Listener:
                 await conn.add_listener(CHANNEL, self._callback)
                 self._conn = conn
                 self.connections += 1
-                self._connected.set()
-                backoff = 0.05
                 if self._on_connect is not None:
                     await self._on_connect()
-                while not lost.is_set() and not conn.is_closed():
-                    try:
-                        await asyncio.wait_for(lost.wait(), self._keepalive)
-                    except TimeoutError:
-                        await asyncio.wait_for(conn.execute("SELECT 1"), self._keepalive)
-                log.warning("LISTEN connection lost; reconnecting")
+                self._connected.set()
+                backoff = 0.05
+                while not self._stopping and not conn.is_closed():
+                    if await wait_event(lost, self._keepalive):
+                        break
+                    async with asyncio.timeout(self._keepalive):
+                        await conn.execute("SELECT 1")
+                if not self._stopping:
+                    log.warning("LISTEN connection lost; reconnecting")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -157,5 +154,6 @@ class Listener:
                 self._conn = None
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff)
+            if not self._stopping:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)

@@ -18,7 +18,9 @@ requester's behalf, else the requester), ``approved_at``, ``expiry``
 decision object (``jitgate evaluate --json``: also ``findings``,
 ``fingerprint`` and ``chain``); ``grant`` also has ``issued_at``,
 ``break_glass`` and ``revoked_at``; ``execution`` also has ``executor`` and
-``duration_ms``; ``denial.stage`` names the stage it was denied in.
+``duration_ms``; ``denial.stage`` names the stage it was denied in;
+``review`` is ``{"by", "verdict", "comment", "at"}`` with the verdict spelt as
+the API takes it (``ok`` or ``concern``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from jitgate.approvals import (
     ApprovalRequest,
     Quorum,
     RequestStatus,
+    ReviewVerdict,
     Stage,
     StageState,
     stage_deadline,
@@ -197,7 +200,7 @@ def request_view(
         if review is None
         else {
             "by": review.reviewer,
-            "verdict": review.verdict.value,
+            "verdict": "ok" if review.verdict is ReviewVerdict.JUSTIFIED else "concern",
             "comment": review.comment,
             "at": iso(review.at),
         },
