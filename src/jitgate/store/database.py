@@ -17,6 +17,7 @@ result. Read-only transactions (:meth:`Database.transaction` with
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -150,6 +151,28 @@ def create_engine(
     return _create_async_engine(sa_url, echo=echo, pool_pre_ping=True)
 
 
+def _enable_wal(cursor: Any, timeout_ms: int) -> None:
+    """Switch the file to WAL (it stays so: only its first connection switches).
+
+    Two processes opening a new file at once can both try to switch; SQLite
+    may answer "database is locked" without waiting on the busy handler, so
+    the switch is retried within the busy timeout.
+    """
+    cursor.execute("PRAGMA journal_mode")
+    row = cursor.fetchone()
+    if row is not None and str(row[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as error:  # the driver's OperationalError
+            if "locked" not in str(error).lower() or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _install_sqlite_listeners(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     timeout = int(busy_timeout_ms)
 
@@ -160,7 +183,7 @@ def _install_sqlite_listeners(engine: AsyncEngine, busy_timeout_ms: int) -> None
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {timeout}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor, timeout)
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
