@@ -7,7 +7,10 @@ and dangerous statements) this prints, in one run:
   the fastest way pglast gives the full tree;
 * uncached decisions: a fresh :class:`Evaluator` (empty caches) deciding each
   statement: analysis + fingerprint + default catalog;
-* cached decisions: the same evaluator deciding the same statements again;
+* cached decisions: the same evaluator deciding the same statements again
+  (the default catalog has no time conditions, so whole decisions are
+  memoised per statement, target, environment and actor); and the same with
+  that memo off, the policy evaluated on every call;
 
 and the ratios. Targets: uncached/bare throughput >= 0.4 (a decision costs at
 most 2.5 bare parses) and cached/bare >= 10. Each figure is the best of
@@ -62,6 +65,7 @@ def measure(
     bare_t: list[float] = []
     cold_t: list[float] = []
     warm_t: list[float] = []
+    policy_t: list[float] = []
     decisions: list[Outcome] = []
 
     def parse_all() -> None:
@@ -80,15 +84,28 @@ def measure(
         cold_t.append(timed(lambda ev=evaluator: decide_all(ev)))
         warm_t.append(timed(lambda ev=evaluator: decide_all(ev)))
         decisions = [evaluator.evaluate(a).outcome for a in actions]
+        # The same with the decision memo off: analysis and fingerprint come
+        # from the caches, the policy is evaluated every time (what a policy
+        # with time conditions costs).
+        no_memo = Evaluator(cache_size=len(texts) * 2, memoize_decisions=False)
+        decide_all(no_memo)
+        policy_t.append(timed(lambda ev=no_memo: decide_all(ev)))
     n = len(texts)
-    bare_rate, cold_rate, warm_rate = (n / min(t) for t in (bare_t, cold_t, warm_t))
+    bare_rate, cold_rate, warm_rate, policy_rate = (
+        n / min(t) for t in (bare_t, cold_t, warm_t, policy_t)
+    )
     held = sum(d is not Outcome.ALLOW for d in decisions)
     print(f"\n{name}: {n} distinct statements, {held} held in production, best of {rounds} rounds")
     print(f"  {'bare parse':28} {bare_rate:>12,.0f} /s  {1e6 / bare_rate:8.1f} µs each")
     print(f"  {'uncached decisions':28} {cold_rate:>12,.0f} /s  {1e6 / cold_rate:8.1f} µs each")
     print(f"  {'cached decisions':28} {warm_rate:>12,.0f} /s  {1e6 / warm_rate:8.1f} µs each")
+    print(
+        f"  {'cached, policy re-evaluated':28} {policy_rate:>12,.0f} /s  "
+        f"{1e6 / policy_rate:8.1f} µs each  (decision memo off)"
+    )
     print(f"  uncached / bare throughput  {cold_rate / bare_rate:8.2f}")
     print(f"  cached / bare throughput    {warm_rate / bare_rate:8.2f}")
+    print(f"  cached (memo off) / bare    {policy_rate / bare_rate:8.2f}")
     spread = statistics.pstdev(cold_t) / statistics.mean(cold_t)
     print(f"  (round-to-round spread of uncached timings: {spread:.1%})")
     return {

@@ -26,12 +26,19 @@ MAX_CACHED_TEXT = 64 * 1024
 class Evaluator:
     """Evaluates actions against one compiled policy."""
 
-    def __init__(self, policy: Policy | None = None, cache_size: int = 8192) -> None:
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        cache_size: int = 8192,
+        *,
+        memoize_decisions: bool = True,
+    ) -> None:
         self.policy = policy if policy is not None else default_policy()
         self._cache_size = cache_size
         # Per text kind; None where decisions may depend on time or attributes.
+        memoize = memoize_decisions and not getattr(self.policy, "conditional", True)
         self._decisions: dict[ActionKind, dict[_DecisionKey, Decision]] | None = (
-            None if getattr(self.policy, "conditional", True) else {k: {} for k in TEXT_KINDS}
+            {k: {} for k in TEXT_KINDS} if memoize else None
         )
         self._analysis: Callable[[ActionKind, str], Analysis] = lru_cache(maxsize=cache_size)(
             analyze_text
