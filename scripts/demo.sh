@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JITGATE="$PWD/.venv/bin/jitgate"
-PORT="${JITGATE_DEMO_PORT:-8470}"
+PY="$PWD/.venv/bin/python"
+PORT="${JITGATE_DEMO_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 export JITGATE_DATA_DIR
 JITGATE_DATA_DIR="$(mktemp -d -t jitgate-demo.XXXXXX)"
 export JITGATE_URL="http://127.0.0.1:$PORT"
@@ -43,7 +44,8 @@ echo "users: ann (dev), bob (approvers); each has an API token"
 "$JITGATE" serve --port "$PORT" >"$JITGATE_DATA_DIR/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
-  curl -sf "$JITGATE_URL/healthz" >/dev/null 2>&1 && break
+  "$PY" -c 'import sys, httpx; sys.exit(httpx.get(sys.argv[1], timeout=1).status_code != 200)' \
+    "$JITGATE_URL/healthz" >/dev/null 2>&1 && break
   kill -0 "$SERVER_PID" 2>/dev/null || { cat "$JITGATE_DATA_DIR/server.log"; exit 1; }
   sleep 0.1
 done
@@ -56,7 +58,7 @@ RUN_PID=$!
 ID=""
 for _ in $(seq 1 100); do
   ID=$(JITGATE_TOKEN=$BOB "$JITGATE" requests list --awaiting-me --json |
-       "$PWD/.venv/bin/python" -c 'import json,sys; r=json.load(sys.stdin)["requests"]; print(r[0]["id"] if r else "")')
+       "$PY" -c 'import json,sys; r=json.load(sys.stdin)["requests"]; print(r[0]["id"] if r else "")')
   [ -n "$ID" ] && break
   sleep 0.1
 done
