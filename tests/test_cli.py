@@ -170,3 +170,12 @@ def test_the_installed_command_never_prints_a_traceback(stdin: str) -> None:
     assert b"Traceback" not in process.stderr
     assert process.returncode == 0, process.stderr
     assert json.loads(process.stdout)["decision"] != "allow"
+
+
+def test_error_messages_are_plain_text_not_markup(tmp_path: Path) -> None:
+    # A path like "cases[/x].yaml" once raised rich's MarkupError (a traceback).
+    missing = tmp_path / "cases[" / "x].yaml"
+    code, _, err = run("policy", "test", "examples/policy.yaml", str(missing))
+    assert code == 2
+    assert "cannot read" in err
+    assert "Traceback" not in err

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from jitgate.policy import Policy, PolicyError, default_policy, load_policy
 
@@ -20,7 +21,9 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    """One line on stderr and the exit code. The message is plain text: a
+    policy path like ``rules[2]`` or a finding tag must not be read as markup."""
+    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False)
     raise typer.Exit(code)
 
 

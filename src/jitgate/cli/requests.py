@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,8 +20,10 @@ from jitgate.cli.common import (
     EXIT_ERROR,
     EXIT_EXPIRED,
     EXIT_OK,
+    EXIT_USAGE,
     dump_json,
     err_console,
+    fail,
     printable,
     stdin_text,
 )
@@ -39,21 +41,16 @@ from jitgate.client import (
 requests_app = typer.Typer(help="List and show approval requests.", no_args_is_help=True)
 
 
-def die(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False)
-    raise typer.Exit(code)
-
-
 def client_call(call: Callable[[], Any]) -> Any:
     """Run one API call; every failure is one line and exit code 1."""
     try:
         return call()
     except ServerUnreachable as error:
-        die(f"{error}; nothing was done")
+        fail(f"{error}; nothing was done", EXIT_ERROR)
     except ApiError as error:
-        die(f"{error.message} [{error.code}]")
+        fail(f"{error.message} [{error.code}]", EXIT_ERROR)
     except ClientError as error:
-        die(str(error))
+        fail(str(error), EXIT_ERROR)
 
 
 def waiting_for(view: Mapping[str, Any]) -> str:
@@ -157,7 +154,7 @@ def request_command(
         try:
             body["payload"] = json.loads(text)
         except json.JSONDecodeError as error:
-            die(f"a {kind} action takes a JSON payload: {error}", 2)
+            fail(f"a {kind} action takes a JSON payload: {error}", EXIT_USAGE)
     with Client(url, token) as client:
         submission = client_call(lambda: client.submit(body))
         decision = submission["decision"]
@@ -181,9 +178,10 @@ def request_command(
         except WaitTimedOut as timed_out:
             if as_json:
                 sys.stdout.write(dump_json(timed_out.view) + "\n")
-            die(f"timed out: {view['id']} is still {timed_out.view.get('status')}", EXIT_EXPIRED)
+            still = timed_out.view.get("status")
+            fail(f"timed out: {view['id']} is still {still}", EXIT_EXPIRED)
         except (ServerUnreachable, ApiError) as error:
-            die(f"{error}; the action must not run")
+            fail(f"{error}; the action must not run", EXIT_ERROR)
         if final.get("status") == "approved":
             # The pipeline proceeds now: consume the single-use grant, so the
             # trail shows the action executing rather than a grant left to expire.

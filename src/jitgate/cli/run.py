@@ -10,12 +10,11 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from jitgate.cli.common import EXIT_DENIED, EXIT_ERROR, EXIT_EXPIRED, err_console
+from jitgate.cli.common import EXIT_DENIED, EXIT_ERROR, EXIT_EXPIRED, err_console, fail
 from jitgate.cli.options import Token, Url
 from jitgate.cli.requests import (
     client_call,
     describe_final,
-    die,
     exit_code_for,
     wait_for_answer,
     waiting_for,
@@ -57,9 +56,9 @@ def run_command(
         try:
             final = wait_for_answer(client, view, timeout, quiet=False)
         except WaitTimedOut:
-            die(f"timed out waiting for approval of {view['id']}; not run", EXIT_EXPIRED)
+            fail(f"timed out waiting for approval of {view['id']}; not run", EXIT_EXPIRED)
         except (ServerUnreachable, ApiError) as error:
-            die(f"{error}; not run")
+            fail(f"{error}; not run", EXIT_ERROR)
         if final.get("status") != "approved":
             err_console.print(f"{final['id']}: {escape(describe_final(final))}; not run")
             code = exit_code_for(final)
