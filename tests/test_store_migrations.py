@@ -54,7 +54,7 @@ async def test_the_comparison_would_see_drift(db: Database) -> None:
 
 
 async def test_migrate_is_idempotent(db: Database) -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
     assert await current_revision(db) == head_revision()
     await migrate(db)
     assert await current_revision(db) == head_revision()

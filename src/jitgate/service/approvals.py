@@ -102,9 +102,9 @@ from jitgate.service.access import acts_for_requester, approver_shortfall, can_s
 from jitgate.service.codec import (
     CodecError,
     RequestMeta,
+    audit_payload,
     decode_state,
     event_name,
-    event_payload,
     request_row,
 )
 from jitgate.service.errors import ServiceError
@@ -455,7 +455,7 @@ class ApprovalService:
             shortfall = approver_shortfall(req.chain, members, req.requester.user)
             if shortfall is None:
                 await RequestRepository(session).insert(request_row(req, meta, decision_data))
-                await self._append(session, events, principal.user)
+                await self._append(session, events, principal.user, req, meta)
                 await self._notify(session, req.id, 1)
             else:
                 payload = {
@@ -470,7 +470,7 @@ class ApprovalService:
             emit(self.on_change, "refused", data)
             raise ServiceError("no_eligible_approvers", shortfall, 409)
         view = request_view(req, meta, decision_data)
-        self._committed(None, req, view, 1)
+        self._committed(None, req, view, 1, self._published(events, principal.user, req, meta))
         self._wake.set()
         return Submission(decision, view)
 
@@ -589,7 +589,12 @@ class ApprovalService:
             raise _forbidden("auditors see requests but change nothing")
 
     async def _append(
-        self, session: AsyncSession, events: tuple[Event, ...], actor: str | None
+        self,
+        session: AsyncSession,
+        events: tuple[Event, ...],
+        actor: str | None,
+        req: ApprovalRequest,
+        meta: RequestMeta,
     ) -> None:
         for event in events:
             await append_event(
@@ -597,8 +602,10 @@ class ApprovalService:
                 event_name(event),
                 None if isinstance(event, _TIME_EVENTS) else actor,
                 event.request_id,
-                event_payload(event),
+                audit_payload(event, req, meta),
                 event.at,
+                target=req.action.target,
+                environment=req.action.environment,
             )
 
     async def _notify(self, session: AsyncSession, request_id: str, version: int) -> None:
@@ -656,7 +663,7 @@ class ApprovalService:
             if not ok:
                 # The mirror disagrees with the request: refuse rather than run twice.
                 raise ServiceError("grant_used", "the grant has already been used", 409)
-        await self._append(session, events, actor)
+        await self._append(session, events, actor, new, meta)
         await self._notify(session, new.id, loaded.row.version + 1)
         return meta
 
@@ -687,7 +694,8 @@ class ApprovalService:
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             view = request_view(new, meta, loaded.row.decision)
-            self._committed(loaded.req.status, new, view, loaded.row.version + 1)
+            published = self._published(events, actor, new, meta)
+            self._committed(loaded.req.status, new, view, loaded.row.version + 1, published)
             if error is not None:
                 raise error
             return view
@@ -695,15 +703,36 @@ class ApprovalService:
             "conflict", "the request kept changing while this was decided; try again", 409
         )
 
+    @staticmethod
+    def _published(
+        events: tuple[Event, ...],
+        actor: str | None,
+        req: ApprovalRequest,
+        meta: RequestMeta,
+    ) -> list[dict[str, Any]]:
+        """The committed events as the ``events`` hook topic carries them."""
+        return [
+            {
+                "type": event_name(event),
+                "actor": None if isinstance(event, _TIME_EVENTS) else actor,
+                "at": event.at.isoformat(),
+                "payload": audit_payload(event, req, meta),
+            }
+            for event in events
+        ]
+
     def _committed(
         self,
         previous: RequestStatus | None,
         new: ApprovalRequest,
         view: Mapping[str, Any],
         version: int,
+        events: list[dict[str, Any]] | None = None,
     ) -> None:
         """After a commit: wake local waiters, count, call the hooks."""
         self._hub.publish(new.id, version, view)
+        if events:
+            emit(self.on_change, "events", {"request_id": new.id, "request": view, "events": events})
         if previous is new.status:
             return
         data: dict[str, Any] = {
@@ -1000,7 +1029,8 @@ class ApprovalService:
             if not events:
                 return False
             view = request_view(new, meta, loaded.row.decision)
-            self._committed(loaded.req.status, new, view, loaded.row.version + 1)
+            published = self._published(events, None, new, meta)
+            self._committed(loaded.req.status, new, view, loaded.row.version + 1, published)
             return True
         raise RuntimeError(f"request {request_id} kept changing while its deadlines were applied")
 

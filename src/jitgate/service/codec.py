@@ -543,3 +543,19 @@ def event_payload(event: Event) -> dict[str, Any]:
     payload = event.to_dict()
     del payload["type"]
     return payload
+
+
+def audit_payload(event: Event, req: ApprovalRequest, meta: RequestMeta) -> dict[str, Any]:
+    """What the audit trail records for ``event`` of ``req``: the event's fields,
+    and what an auditor needs without the request row: the action itself on
+    creation (what was asked for), the executor's duration and the grant on
+    the outcome (the row may be archived long before the trail)."""
+    payload = event_payload(event)
+    if event.type == "request_created":
+        payload["action"] = _action(req.action)
+        payload["submitted_by"] = meta.submitted_by
+    elif event.type == "execution_finished":
+        payload["duration_ms"] = meta.duration_ms
+        payload["grant_id"] = meta.grant_id
+    return payload
+

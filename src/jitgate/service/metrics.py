@@ -20,6 +20,11 @@ ignored. Topics:
 ``"refused"``
     A submission refused because nobody could approve it:
     ``{"reason": "no_eligible_approvers"}``.
+``"events"``
+    The audit events a committed change of one request wrote, in order:
+    ``{"request_id", "request": <the request view>, "events": [{"type",
+    "actor", "at", "payload"}]}`` (for notifiers: ``stage.started`` and
+    ``stage.escalated`` carry ``notify_groups``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
 """The audit trail: events appended in the caller's transaction, read by ``seq``.
 
-``seq`` orders the trail. Readers page with ``after_seq`` (the SSE stream, the
-audit export), which is only sound if a smaller ``seq`` never becomes visible
-after a larger one. A sequence alone does not give that on PostgreSQL: two
-transactions may draw 7 and 8 and commit 8 first, and a reader that saw 8
-then skips 7 forever. So appends serialize: on PostgreSQL an append takes a
-transaction-scoped advisory lock (held until commit or rollback), on SQLite
-every write transaction already holds the database write lock. Appending is
-cheap, but the lock is held for the rest of the transaction: **append events
-as the last writes of a transaction**, after the row updates they record,
-so a transaction never waits for a row lock while holding the trail.
+Every event is sealed into the hash chain (:mod:`jitgate.audit.chain`) as it
+is appended: it gets ``seq`` = previous + 1 and ``prev_hash`` = the previous
+event's hash. Both come from the head of the trail read under the append
+lock, so appends serialize: on PostgreSQL an append takes a
+transaction-scoped advisory lock (held until commit or rollback; several
+server processes on one database still make one gap-free chain), on SQLite
+every write transaction already holds the database write lock. A rolled-back
+transaction takes its events with it and leaves no gap, because ``seq`` is
+not drawn from a sequence.
 
-``prev_hash`` and ``hash`` are reserved for the hash chain (a later change).
+The lock is held for the rest of the transaction: **append events as the
+last writes of a transaction**, after the row updates they record, so a
+transaction never waits for a row lock while holding the trail. Within one
+transaction the head is remembered (``session.info``), so a transaction
+appending several events reads it once.
+
+Readers page with ``after_seq`` (the SSE stream, the audit export); because
+appends serialize, a smaller ``seq`` never becomes visible after a larger one.
 """
 
 from __future__ import annotations
@@ -26,14 +32,17 @@ from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from jitgate.audit.chain import GENESIS, seal
 from jitgate.store._common import aware, dialect_name
 from jitgate.store.errors import InvalidValueError
-from jitgate.store.tables import EventTable
+from jitgate.store.tables import AnchorTable, EventTable
 
 EVENTS: Final = cast(Table, EventTable.__table__)
 
 #: Key of the PostgreSQL advisory lock that serializes appends.
 APPEND_LOCK_KEY: Final = 0x6A67617564697400  # "jgaudit\0"
+#: Where a transaction remembers the head of the trail it appended to.
+_HEAD_KEY: Final = "jitgate.audit.head"
 #: Most events one :func:`list_events` call returns.
 MAX_PAGE: Final = 10_000
 
@@ -49,6 +58,8 @@ class EventRow:
     payload: dict[str, Any] = field(hash=False)
     prev_hash: str | None = None
     hash: str | None = None
+    target: str | None = None
+    environment: str | None = None
 
 
 async def append_event(
@@ -58,32 +69,78 @@ async def append_event(
     request_id: str | None,
     payload: Mapping[str, Any],
     at: datetime,
+    *,
+    target: str | None = None,
+    environment: str | None = None,
 ) -> int:
     """Append an event in the caller's transaction; its ``seq``.
 
     The event becomes visible when (and if) the transaction commits.
+    ``payload`` must be JSON data without floats that JSON cannot carry
+    (NaN, infinities): anything else raises :class:`InvalidValueError`.
     """
     if not type:
         raise InvalidValueError("an event needs a type")
     at = aware(at, "at")
-    if dialect_name(session) == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY})
-    # Core INSERT on the table (not the ORM entity), so the key comes back
-    # through lastrowid on SQLite (no RETURNING needed: SQLite < 3.35 works).
-    result = await session.execute(
-        insert(EVENTS).values(
+    head = session.info.get(_HEAD_KEY)
+    if head is None:
+        if dialect_name(session) == "postgresql":
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY}
+            )
+        head = await chain_head(session)
+    try:
+        sealed = seal(
+            seq=head[0] + 1,
             id=str(uuid.uuid4()),
             at=at,
             type=type,
             actor=actor,
             request_id=request_id,
-            payload=dict(payload),
+            target=target,
+            environment=environment,
+            payload=payload,
+            prev_hash=head[1],
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidValueError(f"event payload is not JSON data: {exc}") from None
+    await session.execute(
+        insert(EVENTS).values(
+            seq=sealed.seq,
+            id=sealed.id,
+            at=at,
+            type=type,
+            actor=actor,
+            request_id=request_id,
+            target=target,
+            environment=environment,
+            payload=dict(sealed.payload),
+            prev_hash=sealed.prev_hash,
+            hash=sealed.hash,
         )
     )
-    assert isinstance(result, CursorResult)
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    session.info[_HEAD_KEY] = (sealed.seq, sealed.hash)
+    return sealed.seq
+
+
+async def chain_head(session: AsyncSession) -> tuple[int, str]:
+    """``(seq, hash)`` of the newest event; the archive anchor or the genesis
+    ``(0, GENESIS)`` when no event is stored."""
+    row = (
+        await session.execute(
+            select(EventTable.seq, EventTable.hash).order_by(EventTable.seq.desc()).limit(1)
+        )
+    ).first()
+    if row is not None:
+        return int(row[0]), str(row[1] or GENESIS)
+    anchor = (
+        await session.execute(
+            select(AnchorTable.seq, AnchorTable.hash).order_by(AnchorTable.seq.desc()).limit(1)
+        )
+    ).first()
+    if anchor is not None:
+        return int(anchor[0]), str(anchor[1])
+    return 0, GENESIS
 
 
 async def list_events(
@@ -120,4 +177,6 @@ def _event(row: EventTable) -> EventRow:
         payload=row.payload,
         prev_hash=row.prev_hash,
         hash=row.hash,
+        target=row.target,
+        environment=row.environment,
     )

@@ -173,15 +173,44 @@ class EventTable(Base):
 
     __tablename__ = "events"
 
-    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    #: Assigned by the appender (last + 1 under the append lock), never by a
+    #: sequence: a rolled-back transaction must not leave a gap in the chain.
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(Text, unique=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     type: Mapped[str] = mapped_column(Text, index=True)
-    actor: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(Text, index=True)
     request_id: Mapped[str | None] = mapped_column(Text, index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(Document)
     prev_hash: Mapped[str | None] = mapped_column(Text)
     hash: Mapped[str | None] = mapped_column(Text)
+    #: The request's (or statement's) target and environment, for filtering.
+    target: Mapped[str | None] = mapped_column(Text)
+    environment: Mapped[str | None] = mapped_column(Text)
+
+
+class CheckpointTable(Base):
+    """Signed statements "the trail up to ``seq`` hashes to ``hash``"."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    key_id: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+
+
+class AnchorTable(Base):
+    """Where the stored trail starts once older events were archived."""
+
+    __tablename__ = "audit_anchors"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(Text)
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    events: Mapped[int] = mapped_column(BigInteger)
+    archive_sha256: Mapped[str] = mapped_column(Text)
 
 
 class GrantTable(Base):
@@ -208,7 +237,9 @@ class GrantTable(Base):
 metadata = Base.metadata
 
 __all__ = [
+    "AnchorTable",
     "ApiTokenTable",
+    "CheckpointTable",
     "Base",
     "EventTable",
     "GrantTable",
