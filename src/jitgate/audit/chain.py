@@ -159,7 +159,8 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, int):
         return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+        finite = value == value and abs(value) != float("inf")
+        return value if finite else str(value)
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     if isinstance(value, dict):

@@ -65,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -709,7 +709,7 @@ class ApprovalService:
         actor: str | None,
         req: ApprovalRequest,
         meta: RequestMeta,
-    ) -> list[dict[str, Any]]:
+    ) -> Sequence[dict[str, Any]]:
         """The committed events as the ``events`` hook topic carries them."""
         return [
             {
@@ -727,12 +727,14 @@ class ApprovalService:
         new: ApprovalRequest,
         view: Mapping[str, Any],
         version: int,
-        events: list[dict[str, Any]] | None = None,
+        events: Sequence[dict[str, Any]] = (),
     ) -> None:
         """After a commit: wake local waiters, count, call the hooks."""
         self._hub.publish(new.id, version, view)
         if events:
-            emit(self.on_change, "events", {"request_id": new.id, "request": view, "events": events})
+            emit(
+                self.on_change, "events", {"request_id": new.id, "request": view, "events": events}
+            )
         if previous is new.status:
             return
         data: dict[str, Any] = {

@@ -558,4 +558,3 @@ def audit_payload(event: Event, req: ApprovalRequest, meta: RequestMeta) -> dict
         payload["duration_ms"] = meta.duration_ms
         payload["grant_id"] = meta.grant_id
     return payload
-

@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any, Final, cast
 
 from sqlalchemy import Table, func, insert, select, text
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from jitgate.audit.chain import GENESIS, seal

@@ -239,8 +239,8 @@ metadata = Base.metadata
 __all__ = [
     "AnchorTable",
     "ApiTokenTable",
-    "CheckpointTable",
     "Base",
+    "CheckpointTable",
     "EventTable",
     "GrantTable",
     "GroupTable",
