@@ -18,9 +18,25 @@ def serve_command(
     policy: Annotated[
         Path | None, typer.Option("--policy", "-p", help="Policy file (default: the catalog).")
     ] = None,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--signing-key",
+            envvar="JITGATE_SIGNING_KEY",
+            help="Ed25519 key (PEM) that signs audit checkpoints and receipts "
+            "(default: audit-signing-key.pem in the data directory, created if missing).",
+        ),
+    ] = None,
 ) -> None:
     """Run the approval service: REST API, live events, metrics."""
     from jitgate.server.run import run_server
 
     compiled = load_policy_or_exit(policy)  # a broken policy stops start-up, with file:line
-    run_server(db_url=db, data_dir=data_dir(), host=host, port=port, policy=compiled)
+    run_server(
+        db_url=db,
+        data_dir=data_dir(),
+        host=host,
+        port=port,
+        policy=compiled,
+        signing_key_path=signing_key,
+    )

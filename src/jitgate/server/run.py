@@ -25,6 +25,7 @@ from typing import Any, Literal
 import uvicorn
 from fastapi import FastAPI
 
+from jitgate.audit.keys import DEFAULT_KEY_FILENAME, SigningKey
 from jitgate.evaluator import Evaluator
 from jitgate.policy import Policy, load_policy
 from jitgate.server.app import begin_shutdown, create_app
@@ -146,6 +147,7 @@ async def serve(
     port: int = DEFAULT_PORT,
     policy: Policy | None = None,
     policy_path: str | Path | None = None,
+    signing_key_path: str | Path | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     metrics_public: bool = False,
     log_level: str | None = "info",
@@ -159,7 +161,9 @@ async def serve(
 
     ``db_url`` as the CLI takes it (``None``: ``<data_dir>/jitgate.db``);
     ``policy`` (compiled) or ``policy_path`` (a file to load): the policy,
-    by default the built-in catalog. Errors
+    by default the built-in catalog. ``signing_key_path``: the Ed25519 key
+    that signs audit checkpoints and receipts (default
+    ``<data_dir>/audit-signing-key.pem``, created when missing). Errors
     before the server starts (bad URL, bad policy, unreachable database)
     propagate: :class:`~jitgate.store.DatabaseURLError`,
     :class:`~jitgate.policy.PolicyError`, ...
@@ -171,10 +175,13 @@ async def serve(
     if policy_path is not None:
         policy = load_policy(policy_path)
     evaluator = Evaluator(policy)
+    signing_key = SigningKey.load_or_create(
+        signing_key_path or (data_dir or Path(".")) / DEFAULT_KEY_FILENAME
+    )
     db = Database.open(db_url, data_dir or Path("."))
     try:
         await migrate(db)
-        service = ApprovalService(db, evaluator)
+        service = ApprovalService(db, evaluator, signing_key=signing_key)
         app = create_app(service, max_body=max_body, metrics_public=metrics_public)
         server = make_server(
             app,

@@ -96,6 +96,7 @@ from jitgate.approvals import deny as core_deny
 from jitgate.approvals import report_outcome as core_report_outcome
 from jitgate.approvals import review as core_review
 from jitgate.approvals.totp import check_totp
+from jitgate.audit.keys import SigningKey
 from jitgate.evaluator import Evaluator
 from jitgate.policy import Decision, Outcome
 from jitgate.service.access import acts_for_requester, approver_shortfall, can_see
@@ -233,15 +234,19 @@ class ApprovalService:
         tick_cap: float = 2.0,
         resync_interval: float | None = 30.0,
         listen: bool = True,
+        signing_key: SigningKey | None = None,
     ) -> None:
         """``clock`` returns the current (timezone-aware) time; ``max_attempts``
         bounds the retries of a use case that keeps losing optimistic races;
         ``tick_cap`` is the longest the ticker sleeps; ``resync_interval``
         the longest a waiter goes without re-reading its request (None:
-        never); ``listen=False`` skips LISTEN/NOTIFY wake-ups on PostgreSQL.
+        never); ``listen=False`` skips LISTEN/NOTIFY wake-ups on PostgreSQL;
+        ``signing_key`` signs audit checkpoints and approval receipts (None:
+        neither is signed, and receipts are unavailable).
         """
         self.db = db
         self.evaluator = evaluator
+        self.signing_key = signing_key
         self._clock = clock or _utcnow
         self.max_attempts = max_attempts
         self.tick_cap = tick_cap
