@@ -269,6 +269,8 @@ class ServiceWorld:
         self.service = ApprovalService(db, service_evaluator(), clock=clock)
         self.tokens: dict[str, str] = {}
         self.p: dict[str, Any] = {}
+        #: The last event of the setup (its users, groups, tokens, MFA).
+        self.setup_seq = 0
 
     async def setup(self, users: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> None:
         from jitgate.store import Identity
@@ -289,6 +291,10 @@ class ServiceWorld:
                 if name in SERVICE_MFA:
                     await identity.set_mfa_secret(name, SERVICE_MFA[name], now=created)
                     await identity.confirm_mfa(name, now=created)
+        from jitgate.store import last_seq
+
+        async with self.db.transaction(readonly=True) as session:
+            self.setup_seq = await last_seq(session)
         for name, token in self.tokens.items():
             principal = await self.service.authenticate(token)
             assert principal is not None, name
@@ -316,10 +322,11 @@ class ServiceWorld:
         return dict(submission.request)
 
     async def events(self, request_id: str | None = None) -> list[Any]:
+        """The trail since the setup (whose identity events are left out)."""
         from jitgate.store import list_events
 
         async with self.db.transaction(readonly=True) as session:
-            return await list_events(session, request_id=request_id)
+            return await list_events(session, request_id=request_id, after_seq=self.setup_seq)
 
 
 async def make_world(

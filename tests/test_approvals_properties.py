@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from jitgate.actions.findings import Analysis, Risk
 from jitgate.actions.model import Action, Actor, fingerprint
 from jitgate.approvals import (
+    DEFAULT_EXECUTION_TIMEOUT,
     MIN_JUSTIFICATION,
+    TIMEOUT_REPORTER,
     ApprovalChain,
     ApprovalError,
     ApprovalRequest,
@@ -28,8 +30,11 @@ from jitgate.approvals import (
     break_glass,
     create_request,
     deny,
+    next_deadline,
+    report_outcome,
     scope_allows,
     stage_satisfied,
+    tick,
 )
 from jitgate.approvals.request import Approval
 from jitgate.policy.decision import Decision, Outcome
@@ -341,3 +346,71 @@ def test_a_rule_grant_allows_only_its_requester_target_and_rules(
         and T0 <= now < T0 + timedelta(hours=1)
     )
     assert allowed == expected
+
+
+@settings(max_examples=200)
+@given(
+    timeout_s=st.none() | st.integers(1, 4 * 3600),
+    report_at_s=st.none() | st.integers(0, 5 * 3600),
+    tick_at_s=st.lists(st.integers(0, 6 * 3600), min_size=1, max_size=4),
+)
+def test_an_execution_without_an_outcome_fails_exactly_at_its_deadline(
+    timeout_s: int | None, report_at_s: int | None, tick_at_s: list[int]
+) -> None:
+    """An executor that dies after authorize does not leave the request executing:
+    at ``started + timeout`` (default one hour) it fails, reported by jitgate;
+    an outcome reported before that deadline wins, one after it is refused."""
+    chain = ApprovalChain(stages=(Stage("dba", ("dba",)),))
+    req, _ = approve(new_request(chain, "alice"), Actor.of("bob", ["dba"]), T0)
+    started = T0 + SECOND
+    options = {} if timeout_s is None else {"execution_timeout": timedelta(seconds=timeout_s)}
+    req, _ = authorize(req, req.fingerprint, Actor.of("alice"), started, **options)
+    timeout = DEFAULT_EXECUTION_TIMEOUT if timeout_s is None else timedelta(seconds=timeout_s)
+    deadline = started + timeout
+    assert next_deadline(req) == deadline
+    if report_at_s is not None:
+        at = started + timedelta(seconds=report_at_s)
+        reported = attempt(lambda: report_outcome(req, Actor.of("alice"), at, exit_code=0))
+        if at < deadline:
+            assert not isinstance(reported, ApprovalError)
+            assert reported[0].status is RequestStatus.EXECUTED
+            assert next_deadline(reported[0]) is None
+            return
+        assert isinstance(reported, ApprovalError), "an outcome reported after the deadline"
+        assert reported.code == "not_executing"
+    for seconds in sorted(tick_at_s):
+        now = started + timedelta(seconds=seconds)
+        before = req
+        req, events = tick(req, now)
+        if now < deadline:
+            assert req is before
+            assert not events
+            assert req.status is RequestStatus.EXECUTING
+            continue
+        if before.status is RequestStatus.EXECUTING:
+            assert [e.type for e in events] == ["execution_finished"]
+            (event,) = events
+            assert event.at == deadline
+            assert event.to_dict()["by"] == TIMEOUT_REPORTER
+            assert event.to_dict()["succeeded"] is False
+        else:
+            assert not events
+        assert req.status is RequestStatus.FAILED
+        execution = req.execution
+        assert execution is not None
+        assert execution.outcome is not None
+        assert execution.finished_at == deadline
+        assert execution.reported_by == TIMEOUT_REPORTER
+        assert (execution.outcome.error or "").startswith("no outcome reported within")
+        assert next_deadline(req) is None
+
+
+@given(timeout=st.integers(-3600, 0).map(lambda s: timedelta(seconds=s)))
+def test_a_non_positive_execution_timeout_is_refused(timeout: timedelta) -> None:
+    chain = ApprovalChain(stages=(Stage("dba", ("dba",)),))
+    req, _ = approve(new_request(chain, "alice"), Actor.of("bob", ["dba"]), T0)
+    result = attempt(
+        lambda: authorize(req, req.fingerprint, Actor.of("alice"), T0, execution_timeout=timeout)
+    )
+    assert isinstance(result, ApprovalError)
+    assert result.code == "invalid_request"

@@ -31,7 +31,9 @@ from jitgate.actions.findings import Analysis, Risk
 from jitgate.actions.model import Action, Actor, fingerprint
 from jitgate.approvals import (
     ALLOWED_TRANSITIONS,
+    DEFAULT_EXECUTION_TIMEOUT,
     MIN_JUSTIFICATION,
+    TIMEOUT_REPORTER,
     ApprovalChain,
     ApprovalError,
     ApprovalRequest,
@@ -163,6 +165,8 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         #: Authorizations the test saw accepted: (fingerprint, user).
         self.authorized: dict[str, list[tuple[str, str]]] = {}
         self.glass_mfa: dict[str, bool] = {}
+        #: The execution timeout each accepted authorization was given.
+        self.execution_timeout: dict[str, timedelta] = {}
         self.created = 0
 
     # --- plumbing ------------------------------------------------------------
@@ -291,6 +295,10 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         if req.status is S.APPROVED:
             assert req.grant is not None
             assert now < req.grant.expires_at, "approved past the grant's validity"
+        if req.status is S.EXECUTING:
+            assert req.execution is not None
+            limit = req.execution.started_at + self.execution_timeout[rid]
+            assert now < limit, "executing past its execution deadline"
 
     # --- creating ----------------------------------------------------------
 
@@ -392,6 +400,7 @@ class ApprovalWorkflow(RuleBasedStateMachine):
             result = self.attempt(rid, lambda r: authorize(r, r.fingerprint, requester, self.now))
             if not isinstance(result, ApprovalError):
                 self.authorized[rid].append((req.fingerprint, requester.user))
+                self.execution_timeout[rid] = DEFAULT_EXECUTION_TIMEOUT
             return
         if req.status is S.EXECUTING:
             outcome = data.draw(
@@ -520,15 +529,25 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         requester_acts=st.sampled_from([True, True, False]),
         other=users,
         how=st.sampled_from(["exact", "exact", "text", "target", "environment", "other"]),
+        minutes=st.sampled_from([None, None, 1, 5, 30, 120]),
     )
     def authorize_execution(
-        self, data: st.DataObject, requester_acts: bool, other: str, how: str
+        self,
+        data: st.DataObject,
+        requester_acts: bool,
+        other: str,
+        how: str,
+        minutes: int | None,
     ) -> None:
         rid = self.pick(data, lambda r: r.status is S.APPROVED)
         req = self.requests[rid]
         user = req.requester.user if requester_acts else other
         attempted = self.tampered(req, how, data)
-        result = self.attempt(rid, lambda r: authorize(r, attempted, self.actor(user), self.now))
+        timeout = DEFAULT_EXECUTION_TIMEOUT if minutes is None else timedelta(minutes=minutes)
+        options = {} if minutes is None else {"execution_timeout": timeout}
+        result = self.attempt(
+            rid, lambda r: authorize(r, attempted, self.actor(user), self.now, **options)
+        )
         if isinstance(result, ApprovalError):
             if attempted != req.fingerprint and req.status is S.APPROVED:
                 assert result.code in {"grant_mismatch", "grant_expired"}
@@ -536,6 +555,7 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         assert attempted == req.fingerprint
         assert user == req.requester.user
         self.authorized[rid].append((attempted, user))
+        self.execution_timeout[rid] = timeout
 
     @precondition(lambda self: self.requests)
     @rule(
@@ -571,6 +591,9 @@ class ApprovalWorkflow(RuleBasedStateMachine):
         if not isinstance(result, ApprovalError):
             assert outcome
             assert as_service or (req.execution is not None and user == req.execution.executor)
+            assert req.execution is not None
+            limit = req.execution.started_at + self.execution_timeout[rid]
+            assert max(self.now, req.updated_at) < limit, "an outcome accepted after the deadline"
 
     @precondition(lambda self: self.requests)
     @rule(
@@ -716,6 +739,24 @@ class ApprovalWorkflow(RuleBasedStateMachine):
             assert execution is not None
             assert execution.outcome is not None
             assert execution.outcome.succeeded == (status is S.EXECUTED)
+        if req.execution is not None:
+            execution = req.execution
+            limit = execution.started_at + self.execution_timeout[rid]
+            assert execution.timeout == self.execution_timeout[rid]
+            if status is S.EXECUTING:
+                assert execution.finished_at is None
+                assert next_deadline(req) == limit, "an execution the ticker would never end"
+            else:
+                assert execution.finished_at is not None
+                assert execution.finished_at <= limit
+                timed_out = execution.reported_by == TIMEOUT_REPORTER
+                # USERS never include the reporter's name: a timeout is exactly this.
+                assert timed_out == (execution.finished_at == limit)
+                if timed_out:
+                    assert status is S.FAILED
+                    assert execution.outcome is not None
+                    assert execution.outcome.exit_code is None
+                    assert (execution.outcome.error or "").startswith("no outcome reported")
         if req.review is not None:
             assert req.break_glass is not None
             assert req.review.reviewer != requester

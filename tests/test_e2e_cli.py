@@ -253,3 +253,63 @@ def test_self_approval_is_refused_through_the_cli(server: Server) -> None:
     code, _, err = finish(approve)
     assert code == 1
     assert "self_approval" in err
+
+
+def test_run_keeps_a_signed_receipt_of_exactly_what_ran(server: Server, tmp_path: Path) -> None:
+    import hashlib
+    import json
+    import shlex
+    import sqlite3
+
+    from jitgate.actions.model import Action, fingerprint
+
+    victim = tmp_path / "scratch"
+    victim.mkdir()
+    kept = tmp_path / "receipt.json"
+    command = ["rm", "-rf", str(victim)]
+    text = shlex.join(command)
+    runner = server.cli(
+        "ann", "run", "--env", "production", "--receipt", str(kept), "--", *command
+    )
+    request = server.pending_for("bob", text)
+    assert not kept.exists(), "no receipt before the approval"
+    with server.api("bob") as bob:
+        bob.post(f"/api/v1/requests/{request['id']}/approve", json={"comment": "go"})
+    code, _, err = finish(runner)
+    assert code == 0, err
+    assert not victim.exists()
+
+    doc = json.loads(kept.read_bytes())
+    assert doc["request_id"] == request["id"]
+    ran = Action.create("shell", text, environment="production")
+    assert doc["fingerprint"] == fingerprint(ran) == request["fingerprint"]
+    assert [a["approver"] for a in doc["approvals"]] == ["bob"]
+
+    # offline, with the server's key from the data directory (JITGATE_DATA_DIR)
+    verify = server.cli("ann", "receipt", "verify", str(kept), "-k", "shell", "-e", "prod", text)
+    code, out, err = finish(verify)
+    assert code == 0, err
+    assert "bob (stage approvers" in out
+    # ... and with the exported public key; not for another command
+    public = tmp_path / "server.pem"
+    assert finish(server.cli("carol", "receipt", "public-key", "--output", str(public)))[0] == 0
+    other = server.cli(
+        "ann", "receipt", "verify", str(kept), "--public-key", str(public),
+        "-k", "shell", "-e", "prod", "rm -rf /",
+    )
+    code, _, err = finish(other)
+    assert code == 1
+    assert "action_mismatch" in err
+
+    # fetched again: the same bytes; its digest is in the execution.finished event
+    code, out, err = finish(server.cli("ann", "receipt", "get", str(request["id"])))
+    assert code == 0, err
+    assert out.encode() == kept.read_bytes() + b"\n"
+    digest = hashlib.sha256(kept.read_bytes()).hexdigest()
+    database = Path(server.env["JITGATE_DATA_DIR"]) / "jitgate.db"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        (payload,) = db.execute(
+            "SELECT payload FROM events WHERE request_id = ? AND type = 'execution.finished'",
+            (request["id"],),
+        ).fetchone()
+    assert json.loads(payload)["receipt_sha256"] == digest

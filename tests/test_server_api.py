@@ -73,6 +73,12 @@ async def test_openapi_document(api: ApiEnv) -> None:
                 "events",
             )
         ),
+        f"{API}/requests/{{id}}/receipt",
+        f"{API}/audit/public-key",
+        f"{API}/audit/report",
+        f"{API}/audit",
+        f"{API}/grants",
+        f"{API}/grants/{{id}}/revoke",
     }
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http",

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import ApiEnv
+from jitgate.audit.keys import SigningKey
 
 API = "/api/v1"
 
@@ -74,9 +75,25 @@ async def executing(api: ApiEnv, by_service: bool) -> dict[str, Any]:
     return await api.act("ann", view["id"], "authorize", {"fingerprint": view["fingerprint"]})
 
 
+async def signing(api: ApiEnv, by_service: bool) -> None:
+    """The server has a signing key (receipts, the public key)."""
+    api.service.signing_key = SigningKey.generate()
+
+
+async def signed_approved(api: ApiEnv, by_service: bool) -> dict[str, Any]:
+    await signing(api, by_service)
+    return await approved(api, by_service)
+
+
 async def cancelled(api: ApiEnv, by_service: bool) -> dict[str, Any]:
     view = await pending(api, by_service)
     return await api.act("ann", view["id"], "cancel")
+
+
+async def granted(api: ApiEnv, by_service: bool) -> dict[str, Any]:
+    """An approved request's (unused) grant: ``id`` is the grant's id."""
+    view = await approved(api, by_service)
+    return {**view["grant"], "request_id": view["id"]}
 
 
 # --- the matrix ------------------------------------------------------------------------
@@ -248,6 +265,58 @@ ENDPOINTS: dict[str, Endpoint] = {
             "anonymous": UNAUTHENTICATED,
         },
     ),
+    "audit": Endpoint(
+        "GET",
+        f"{API}/audit",
+        approved,
+        None,
+        {
+            "requester": FORBIDDEN,
+            "other": FORBIDDEN,
+            "approver": FORBIDDEN,
+            "ineligible": FORBIDDEN,
+            "auditor": 200,
+            "admin": 200,
+            "service": FORBIDDEN,
+            "submitter": FORBIDDEN,
+            "anonymous": UNAUTHENTICATED,
+        },
+    ),
+    "audit-report": Endpoint(
+        "GET",
+        f"{API}/audit/report?since=7d",
+        approved,
+        None,
+        {
+            "requester": FORBIDDEN,
+            "other": FORBIDDEN,
+            "approver": FORBIDDEN,
+            "ineligible": FORBIDDEN,
+            "auditor": 200,
+            "admin": 200,
+            "service": FORBIDDEN,
+            "submitter": FORBIDDEN,
+            "anonymous": UNAUTHENTICATED,
+        },
+    ),
+    "grants": Endpoint("GET", f"{API}/grants", granted, None, everyone(200)),
+    "grant-revoke": Endpoint(
+        "POST",
+        f"{API}/grants/{{id}}/revoke",
+        granted,
+        {"reason": "not needed any more"},
+        {
+            "requester": 200,
+            "other": NOT_FOUND,
+            "approver": NOT_FOUND,  # only the grant's requester or an admin
+            "ineligible": NOT_FOUND,
+            "auditor": FORBIDDEN,
+            "admin": 200,
+            "service": NOT_FOUND,
+            "submitter": NOT_FOUND,  # the grant is ann's, not the gateway's
+            "anonymous": UNAUTHENTICATED,
+        },
+    ),
     "events": Endpoint(
         "GET",
         f"{API}/requests/{{id}}/events",
@@ -265,6 +334,24 @@ ENDPOINTS: dict[str, Endpoint] = {
             "anonymous": UNAUTHENTICATED,
         },
     ),
+    "receipt": Endpoint(
+        "GET",
+        f"{API}/requests/{{id}}/receipt",
+        signed_approved,
+        None,
+        {
+            "requester": 200,
+            "other": NOT_FOUND,
+            "approver": 200,
+            "ineligible": NOT_FOUND,
+            "auditor": 200,
+            "admin": 200,
+            "service": NOT_FOUND,
+            "submitter": 200,
+            "anonymous": UNAUTHENTICATED,
+        },
+    ),
+    "public-key": Endpoint("GET", f"{API}/audit/public-key", signing, None, everyone(200)),
 }
 
 CELLS = [(endpoint, role) for endpoint in ENDPOINTS for role in ROLES]
@@ -305,5 +392,14 @@ async def test_authorization(api: ApiEnv, endpoint: str, role: str) -> None:
         assert '"status":"cancelled"' in response.text
     elif endpoint == "metrics":
         assert "jitgate_http_requests_total" in response.text
+    elif endpoint == "grants":
+        # Everybody may ask; only the grant's requester, admins and auditors see it.
+        listed = [g["id"] for g in response.json()["grants"]]
+        sees = role in ("requester", "admin", "auditor")
+        assert listed == ([view["id"]] if sees else []), (role, listed)
+    elif endpoint == "grant-revoke":
+        assert response.json()["revoked_at"] is not None
+        request = await api.call("root", "GET", f"{API}/requests/{view['request_id']}")
+        assert request.json()["status"] == "cancelled"
     else:
         assert response.json() is not None

@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from conftest import ApiEnv
+from jitgate.audit.keys import SigningKey
 from test_server_sse import live
 
 #: Examples per operation and pass (random ids / a real id; positive / negative).
@@ -119,6 +120,7 @@ def fuzz(
 
 async def test_openapi_fuzzing(api: ApiEnv) -> None:
     started = time.monotonic()
+    api.service.signing_key = SigningKey.generate()  # receipts and the public key answer
     pending = await api.submit("ann")
     final = await api.submit("ann")
     await api.act("ann", final["id"], "cancel")

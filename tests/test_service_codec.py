@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from jitgate.actions.model import Action, ActionKind, Actor
 from jitgate.approvals import (
+    DEFAULT_EXECUTION_TIMEOUT,
     EVENT_TYPES,
     Approval,
     ApprovalChain,
@@ -145,6 +147,7 @@ executions = st.builds(
         error=st.none() | text,
     ),
     reported_by=st.none() | names,
+    timeout=spans,
 )
 requests = st.builds(
     ApprovalRequest,
@@ -273,3 +276,25 @@ def test_event_payload() -> None:
         "deadline": "2031-03-04T10:05:00+00:00",
     }
     json.dumps(event_payload(event))
+
+
+def test_an_execution_stored_without_a_timeout_gets_the_default_deadline() -> None:
+    """States written before executions had a deadline still decode, and an
+    executing request among them is no longer stuck: it gets the default one."""
+    started = T0 + timedelta(minutes=1)
+    req = replace(
+        _request(),
+        status=RequestStatus.EXECUTING,
+        execution=Execution(executor="ann", started_at=started),
+    )
+    data = encode_request(req)
+    assert data["execution"]["timeout_us"] == 3600 * 10**6
+    del data["execution"]["timeout_us"]
+    old = decode_request(json.loads(json.dumps(data)))
+    assert old.execution is not None
+    assert old.execution.timeout == DEFAULT_EXECUTION_TIMEOUT
+    assert next_deadline(old) == started + DEFAULT_EXECUTION_TIMEOUT
+    row = request_row(old, RequestMeta(submitted_by="ann"), None)
+    assert row.next_deadline == started + DEFAULT_EXECUTION_TIMEOUT
+    custom = replace(req, execution=Execution("ann", started, timeout=timedelta(minutes=7)))
+    assert decode_request(encode_request(custom)).execution == custom.execution

@@ -14,6 +14,7 @@ server that cannot be reached raises :class:`ServerUnreachable`.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
@@ -95,7 +96,9 @@ class Client:
         return self._call("POST", "/api/v1/evaluate", action)
 
     def submit(self, action: Mapping[str, Any]) -> dict[str, Any]:
-        """``{"decision": {...}, "request": view or None}``."""
+        """``{"decision": {...}, "request": view or None, "grant": grant or None}``:
+        ``require_approval`` with a ``grant`` and no request is allowed by that
+        rule-scoped grant (nothing is held)."""
         return self._call("POST", "/api/v1/requests", action)
 
     def get(self, request_id: str) -> View:
@@ -149,6 +152,7 @@ class Client:
         rows_affected: int | None = None,
         error: str | None = None,
         duration_ms: int | None = None,
+        receipt_sha256: str | None = None,
     ) -> View:
         body = {
             "exit_code": exit_code,
@@ -156,7 +160,37 @@ class Client:
             "error": error,
             "duration_ms": duration_ms,
         }
+        if receipt_sha256 is not None:
+            body["receipt_sha256"] = receipt_sha256
         return self._call("POST", f"/api/v1/requests/{_id(request_id)}/outcome", body)
+
+    def receipt(self, request_id: str) -> dict[str, Any]:
+        """The signed approval receipt of an approved request (docs/receipts.md)."""
+        return self._call("GET", f"/api/v1/requests/{_id(request_id)}/receipt")
+
+    def public_key(self) -> dict[str, Any]:
+        """``{"alg", "key_id", "pem"}``: the server's receipt signing key."""
+        return self._call("GET", "/api/v1/audit/public-key")
+
+    def list_grants(
+        self, *, active: bool = False, mine: bool = False, limit: int = 100
+    ) -> builtins.list[dict[str, Any]]:
+        """Grants visible to the caller, newest first (``active``: usable now)."""
+        params: dict[str, Any] = {"limit": limit}
+        if active:
+            params["active"] = "true"
+        if mine:
+            params["mine"] = "true"
+        grants = self._call("GET", "/api/v1/grants", params=params).get("grants")
+        if not isinstance(grants, list):
+            raise ClientError(f"{self.url} answered with unexpected JSON")
+        return grants
+
+    def revoke_grant(self, grant_id: str, reason: str) -> dict[str, Any]:
+        """Revoke a grant (its requester or an admin); the grant as it now is."""
+        return self._call(
+            "POST", f"/api/v1/grants/{_id(grant_id)}/revoke", {"reason": reason}
+        )
 
     def watch(self, request_id: str, *, timeout: float | None = None) -> Iterator[View]:
         """Every state of the request as the server pushes it, the current one first."""
@@ -220,7 +254,7 @@ class Client:
 def _id(request_id: str) -> str:
     # An id is embedded in a path: refuse anything that could change the route.
     if not request_id or any(c in request_id for c in "/?#%") or request_id in {".", ".."}:
-        raise ClientError(f"not a request id: {request_id!r}")
+        raise ClientError(f"not an id: {request_id!r}")
     return request_id
 
 

@@ -64,6 +64,7 @@ from jitgate.approvals.events import (
 from jitgate.approvals.grant import Grant, check_scope, scope_allows
 from jitgate.approvals.machine import (
     MIN_JUSTIFICATION,
+    TIMEOUT_REPORTER,
     Transition,
     approve,
     authorize,
@@ -81,6 +82,7 @@ from jitgate.approvals.machine import (
 from jitgate.approvals.quorum import stage_allocation, stage_satisfied
 from jitgate.approvals.request import (
     ALLOWED_TRANSITIONS,
+    DEFAULT_EXECUTION_TIMEOUT,
     TERMINAL_STATUSES,
     Approval,
     ApprovalRequest,
@@ -99,10 +101,12 @@ from jitgate.approvals.totp import check_totp, hotp, totp, verify_totp
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "DEFAULT_EXECUTION_TIMEOUT",
     "ERROR_CODES",
     "EVENT_TYPES",
     "MIN_JUSTIFICATION",
     "TERMINAL_STATUSES",
+    "TIMEOUT_REPORTER",
     "AlreadyApprovedError",
     "AlreadyFilledStageError",
     "AlreadyReviewedError",

@@ -7,10 +7,11 @@ clock, touches storage or draws random numbers; adapters pass ``now`` in and
 persist what comes back.
 
 Time-driven transitions (request ttl, stage timeouts and escalation, grant
-expiry) are applied by :func:`tick`, and every command applies them first: a
-command never acts on a state the clock has already moved past. When that
-first step ends the request (it expired), the command raises and the adapter
-persists the expiry by calling :func:`tick` itself.
+expiry, an execution whose outcome never came) are applied by :func:`tick`,
+and every command applies them first: a command never acts on a state the
+clock has already moved past. When that first step ends the request (it
+expired), the command raises and the adapter persists the expiry by calling
+:func:`tick` itself.
 
 User names are compared exactly (case-sensitive, no trimming): the identity
 adapter must hand over one canonical name per person, otherwise ``Alice`` and
@@ -20,7 +21,7 @@ adapter must hand over one canonical name per person, otherwise ``Alice`` and
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,7 @@ from jitgate.approvals.events import (
 from jitgate.approvals.grant import Grant, requires_approval
 from jitgate.approvals.quorum import approval_counts, stage_satisfied
 from jitgate.approvals.request import (
+    DEFAULT_EXECUTION_TIMEOUT,
     Approval,
     ApprovalRequest,
     BreakGlass,
@@ -106,6 +108,9 @@ Transition = tuple[ApprovalRequest, tuple[Event, ...]]
 #: Shortest break-glass justification: long enough that "urgent" or "fix" is
 #: refused and the reviewer has something to review.
 MIN_JUSTIFICATION = 10
+
+#: Who reports the outcome of an execution that never reported one in time.
+TIMEOUT_REPORTER = "jitgate"
 
 
 # --- helpers ------------------------------------------------------------------
@@ -192,6 +197,7 @@ class _Due(Enum):
     TTL = "ttl"
     STAGE = "stage"
     GRANT = "grant"
+    EXECUTION = "execution"
 
 
 def stage_deadline(req: ApprovalRequest) -> datetime | None:
@@ -214,6 +220,8 @@ def _next_due(req: ApprovalRequest) -> tuple[datetime, _Due] | None:
         return min(due, key=lambda d: (d[0], d[1] is not _Due.TTL))
     if req.status is RequestStatus.APPROVED and req.grant is not None and not req.grant.used:
         return (req.grant.expires_at, _Due.GRANT)
+    if req.status is RequestStatus.EXECUTING and req.execution is not None:
+        return (req.execution.deadline, _Due.EXECUTION)
     return None
 
 
@@ -227,7 +235,27 @@ def _expire(req: ApprovalRequest, at: datetime, reason: ExpiryReason) -> Approva
     return replace(req, status=RequestStatus.EXPIRED, expired_at=at, expiry_reason=reason)
 
 
+def _span_text(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s" if seconds else f"{span.total_seconds():g}s"
+
+
+def _execution_timed_out(req: ApprovalRequest, at: datetime) -> Transition:
+    execution = req.execution
+    assert execution is not None  # _next_due only returns EXECUTION with one
+    error = f"no outcome reported within {_span_text(execution.timeout)}"
+    outcome = ExecutionOutcome(error=error)
+    finished = replace(execution, finished_at=at, outcome=outcome, reported_by=TIMEOUT_REPORTER)
+    req = replace(req, status=RequestStatus.FAILED, execution=finished)
+    return req, (ExecutionFinished(req.id, at, TIMEOUT_REPORTER, False, None, None, error),)
+
+
 def _apply_due(req: ApprovalRequest, at: datetime, due: _Due) -> Transition:
+    if due is _Due.EXECUTION:
+        return _execution_timed_out(req, at)
     if due is _Due.TTL:
         return _expire(req, at, ExpiryReason.TTL), (RequestExpired(req.id, at, ExpiryReason.TTL),)
     if due is _Due.GRANT:
@@ -275,8 +303,10 @@ def tick(req: ApprovalRequest, now: datetime) -> Transition:
 
     Pending requests expire at their ttl; a stage that times out escalates
     to its ``escalate_to`` groups (once) or, with none left, expires the
-    request; an approved request whose grant passed unused expires. Returns
-    ``req`` itself when nothing was due.
+    request; an approved request whose grant passed unused expires; an
+    executing request whose executor reported no outcome by the execution's
+    deadline (see :func:`authorize`) fails, reported by
+    :data:`TIMEOUT_REPORTER`. Returns ``req`` itself when nothing was due.
     """
     new, events, _ = _advance(req, now)
     return new, tuple(events)
@@ -543,14 +573,23 @@ def review(
 
 
 def authorize(
-    req: ApprovalRequest, action_fingerprint: str, by: Actor, now: datetime
+    req: ApprovalRequest,
+    action_fingerprint: str,
+    by: Actor,
+    now: datetime,
+    *,
+    execution_timeout: timedelta = DEFAULT_EXECUTION_TIMEOUT,
 ) -> Transition:
     """Use the request's grant to run the held action: once, exactly it, by its requester.
 
     ``action_fingerprint`` is the fingerprint of the action about to run,
     computed by the gateway from what will actually execute; one changed
-    character makes another fingerprint and a refusal.
+    character makes another fingerprint and a refusal. The executor must
+    report the outcome within ``execution_timeout``; after that :func:`tick`
+    fails the request (an executor that died must not leave it executing).
     """
+    if not isinstance(execution_timeout, timedelta) or execution_timeout <= timedelta(0):
+        raise InvalidRequestError("the execution timeout must be a positive time span")
     req, events, now = _advance(req, now)
     grant = req.grant
     if grant is None:
@@ -574,7 +613,7 @@ def authorize(
         req,
         status=RequestStatus.EXECUTING,
         grant=replace(grant, used_at=now),
-        execution=Execution(executor=user, started_at=now),
+        execution=Execution(executor=user, started_at=now, timeout=execution_timeout),
         updated_at=now,
     )
     events += [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from jitgate.actions.model import Action, Actor
@@ -156,6 +156,10 @@ class ExecutionOutcome:
         return self.error is None and self.exit_code in (None, 0)
 
 
+#: How long an executor has to report the outcome once it consumed the grant.
+DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=1)
+
+
 @dataclass(frozen=True, slots=True)
 class Execution:
     #: Who consumed the grant and runs the action.
@@ -164,6 +168,13 @@ class Execution:
     finished_at: datetime | None = None
     outcome: ExecutionOutcome | None = None
     reported_by: str | None = None
+    #: Without an outcome by ``started_at + timeout`` the execution counts as
+    #: failed (the executor died): ``tick`` ends the request.
+    timeout: timedelta = DEFAULT_EXECUTION_TIMEOUT
+
+    @property
+    def deadline(self) -> datetime:
+        return self.started_at + self.timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,13 +75,62 @@ class ChainEvent:
     payload: Mapping[str, Any] = field(hash=False)
     prev_hash: str
     hash: str
+    #: The payload as stored (JSON text), when read raw for verification.
+    payload_text: str | None = field(default=None, hash=False, compare=False, repr=False)
 
     def document(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
+        document = {name: getattr(self, name) for name in _FIELDS}
+        document["payload"] = self.payload_data()
+        return document
+
+    def payload_data(self) -> Mapping[str, Any]:
+        """The payload, parsed from the stored text if it was read raw."""
+        if self.payload_text is None:
+            return self.payload
+        try:
+            parsed = json.loads(self.payload_text)
+        except ValueError:
+            return {"unparseable_payload": self.payload_text}
+        return parsed if isinstance(parsed, dict) else {"payload": parsed}
+
+    def intact(self) -> bool:
+        """Whether the event hashes to its stored ``hash``.
+
+        Fast path: the stored payload text is usually already canonical, so
+        the canonical document is assembled around it without parsing it.
+        """
+        text = self.payload_text
+        if text is not None:
+            raw = (
+                '{"actor":'
+                + _encode(self.actor)
+                + ',"at":'
+                + _encode(self.at)
+                + ',"environment":'
+                + _encode(self.environment)
+                + ',"id":'
+                + _encode(self.id)
+                + ',"payload":'
+                + text
+                + ',"prev_hash":'
+                + _encode(self.prev_hash)
+                + ',"request_id":'
+                + _encode(self.request_id)
+                + ',"seq":'
+                + str(self.seq)
+                + ',"target":'
+                + _encode(self.target)
+                + ',"type":'
+                + _encode(self.type)
+                + "}"
+            )
+            if hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest() == self.hash:
+                return True
+        return matches(self.document(), self.hash)
 
     def to_dict(self) -> dict[str, Any]:
         """The event with its hash: one line of an export or an archive."""
-        return {**self.document(), "payload": dict(self.payload), "hash": self.hash}
+        return {**self.document(), "payload": dict(self.payload_data()), "hash": self.hash}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChainEvent:
@@ -115,6 +164,15 @@ class ChainEvent:
             prev_hash=data["prev_hash"],
             hash=data["hash"],
         )
+
+
+def _encode(value: str | None) -> str:
+    return "null" if value is None else _encode_string(value)
+
+
+_encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
+    json.encoder.encode_basestring
+)
 
 
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:
@@ -154,7 +212,13 @@ MAX_SAFE_INTEGER: Final = 2**53 - 1
 def _json_safe(value: Any) -> Any:
     """``value`` with what RFC 8785 cannot carry exactly turned into strings
     (integers beyond 2**53 - 1, NaN and infinities), so nothing is lost."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: keep them visible as escapes
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
         return value
     if isinstance(value, int):
         return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)

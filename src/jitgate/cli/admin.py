@@ -1,9 +1,16 @@
-"""``jitgate admin``: bootstrap users, groups, tokens and MFA, offline against the store."""
+"""``jitgate admin``: bootstrap users, groups, tokens and MFA, offline against the store.
+
+Every change is recorded in the audit trail (``user.created``,
+``token.created`` ...) in the same transaction, with the actor
+``local:<OS user>`` (:func:`local_actor`): these commands bypass the API, so
+the only identity there is is the account that ran them on this machine.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import getpass
 import io
 import secrets
 from collections.abc import Awaitable, Callable
@@ -35,6 +42,15 @@ app.add_typer(mfa_app, name="mfa")
 T = TypeVar("T")
 
 
+def local_actor() -> str:
+    """The audit actor of an offline admin command: ``local:<OS user name>``."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError, ImportError):
+        name = ""
+    return f"local:{name or 'unknown'}"
+
+
 def with_identity(db_url: str | None, work: Callable[[Identity], Awaitable[T]]) -> T:
     """Open (and migrate) the store, run ``work`` in one transaction."""
 
@@ -43,7 +59,7 @@ def with_identity(db_url: str | None, work: Callable[[Identity], Awaitable[T]]) 
         try:
             await migrate(database)
             async with database.transaction() as session:
-                return await work(Identity(session))
+                return await work(Identity(session, actor=local_actor()))
         finally:
             await database.close()
 

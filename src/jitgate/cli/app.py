@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jitgate.cli import admin, evaluate, policy, requests, run, serve
+from jitgate.cli import admin, audit, evaluate, grants, policy, receipt, requests, run, serve
 
 app = typer.Typer(
     name="jitgate",
@@ -17,12 +17,15 @@ app.command("evaluate")(evaluate.evaluate_command)
 app.add_typer(policy.app, name="policy")
 app.command("serve")(serve.serve_command)
 app.add_typer(admin.app, name="admin")
+app.add_typer(audit.app, name="audit")
 app.command("request")(requests.request_command)
 app.command("approve")(requests.approve_command)
 app.command("deny")(requests.deny_command)
 app.command("cancel")(requests.cancel_command)
 app.command("outcome")(requests.outcome_command)
 app.add_typer(requests.requests_app, name="requests")
+app.add_typer(grants.grants_app, name="grants")
+app.add_typer(receipt.app, name="receipt")
 app.command(
     "run", context_settings={"allow_interspersed_args": False}
 )(run.run_command)

@@ -164,7 +164,7 @@ def request_command(
             if as_json:
                 sys.stdout.write(dump_json(submission) + "\n")
             else:
-                _print_submission(decision, view)
+                _print_submission(decision, view, submission.get("grant"))
             if outcome == "deny":
                 raise typer.Exit(EXIT_DENIED)
             raise typer.Exit(EXIT_OK)
@@ -193,12 +193,23 @@ def request_command(
         raise typer.Exit(exit_code_for(final))
 
 
-def _print_submission(decision: Mapping[str, Any], view: Mapping[str, Any] | None) -> None:
+def _print_submission(
+    decision: Mapping[str, Any],
+    view: Mapping[str, Any] | None,
+    grant: Mapping[str, Any] | None = None,
+) -> None:
     console = Console()
     label = str(decision["decision"]).replace("_", " ").upper()
     console.print(f"[bold]{label}[/] risk {decision.get('risk')}", highlight=False)
     for reason in decision.get("reasons", []):
         console.print(f"  • {escape(printable(reason))}", highlight=False)
+    if grant is not None:
+        until = escape(str(grant.get("expires_at")))
+        console.print(
+            f"allowed by grant [bold]{escape(str(grant.get('id')))}[/] (request "
+            f"{escape(str(grant.get('request_id')))}, until {until})",
+            highlight=False,
+        )
     if view is not None:
         console.print(f"request [bold]{escape(view['id'])}[/]: {escape(waiting_for(view))}")
 

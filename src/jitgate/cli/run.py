@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from rich.markup import escape
 
 from jitgate.cli.common import EXIT_DENIED, EXIT_ERROR, EXIT_EXPIRED, err_console, fail
 from jitgate.cli.options import Token, Url
+from jitgate.cli.receipt import keep_receipt
 from jitgate.cli.requests import (
     client_call,
     describe_final,
@@ -29,13 +31,21 @@ def run_command(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to wait for approval at most.")
     ] = None,
+    receipt: Annotated[
+        Path | None,
+        typer.Option(
+            "--receipt", help="Write the signed approval receipt here before running.",
+            show_default=False,
+        ),
+    ] = None,
     url: Url = None,
     token: Token = None,
 ) -> None:
     """Evaluate a command; if it needs approval, request it and wait; then run it
-    exactly as approved and report the outcome. Exits with the command's exit
-    code, 3 if denied, 4 if expired, 1 if jitgate could not be asked (then the
-    command does not run)."""
+    exactly as approved and report the outcome (with the digest of the signed
+    approval receipt, checked to name this very command). Exits with the
+    command's exit code, 3 if denied, 4 if expired, 1 if jitgate could not be
+    asked (then the command does not run)."""
     # The approved text is this exact quoting of the argument vector, and the
     # vector is what runs (no shell in between), so what runs is what was approved.
     text = shlex.join(command)
@@ -65,13 +75,16 @@ def run_command(
             raise typer.Exit(code if code != 0 else EXIT_ERROR)
         # Consuming the single-use grant is what allows the run; if it fails
         # (used, expired, changed), nothing runs.
+        digest = keep_receipt(client, final, body, receipt)
         client_call(lambda: client.authorize(final["id"], final["fingerprint"]))
         err_console.print(f"{final['id']}: {escape(describe_final(final))}; running")
         started = time.monotonic()
         code = _execute(command)
         duration = int((time.monotonic() - started) * 1000)
         try:
-            client.report_outcome(final["id"], exit_code=code, duration_ms=duration)
+            client.report_outcome(
+                final["id"], exit_code=code, duration_ms=duration, receipt_sha256=digest
+            )
         except (ServerUnreachable, ApiError) as error:
             err_console.print(f"[yellow]warning:[/] could not report the outcome: {error}")
         raise typer.Exit(code)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jitgate.cli.common import data_dir, load_policy_or_exit
+from jitgate.cli.common import data_dir, fail, load_policy_or_exit
 from jitgate.cli.options import Db
 
 
@@ -27,11 +27,26 @@ def serve_command(
             "(default: audit-signing-key.pem in the data directory, created if missing).",
         ),
     ] = None,
+    notify: Annotated[
+        Path | None,
+        typer.Option(
+            "--notify",
+            envvar="JITGATE_NOTIFY",
+            help="Notification sinks (YAML: webhooks, Slack); see docs/notifications.md.",
+        ),
+    ] = None,
 ) -> None:
     """Run the approval service: REST API, live events, metrics."""
     from jitgate.server.run import run_server
 
     compiled = load_policy_or_exit(policy)  # a broken policy stops start-up, with file:line
+    if notify is not None:  # so does a broken notification config
+        from jitgate.notify import NotifyConfigError, load_notify_config
+
+        try:
+            load_notify_config(notify)
+        except NotifyConfigError as error:
+            fail(str(error))
     run_server(
         db_url=db,
         data_dir=data_dir(),
@@ -39,4 +54,5 @@ def serve_command(
         port=port,
         policy=compiled,
         signing_key_path=signing_key,
+        notify_path=notify,
     )

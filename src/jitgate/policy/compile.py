@@ -23,7 +23,11 @@ from jitgate.policy.source import SourceMap
 
 
 def compile_policy(
-    spec: PolicySpec, source: str = "<policy>", source_map: SourceMap | None = None
+    spec: PolicySpec,
+    source: str = "<policy>",
+    source_map: SourceMap | None = None,
+    *,
+    source_sha256: str | None = None,
 ) -> Policy:
     """Compile ``spec``; raise :class:`PolicyError` listing every problem."""
     where = source_map or SourceMap(source)
@@ -99,6 +103,7 @@ def compile_policy(
         chains=MappingProxyType(named),
         spec=spec,
         source_map=source_map,
+        source_sha256=source_sha256,
     )
 
 

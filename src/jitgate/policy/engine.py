@@ -231,6 +231,10 @@ class Policy:
     spec: PolicySpec
     #: ... and the lines of its fields, when it came from YAML.
     source_map: SourceMap | None = field(default=None, repr=False)
+    #: SHA-256 (hex) of the exact bytes the policy was loaded from (the file's
+    #: bytes for :func:`load_policy`, the UTF-8 text for ``load_policy_text``);
+    #: None when compiled from a spec built in code.
+    source_sha256: str | None = None
     _index: dict[tuple[ActionKind, str | None], _Entry] = field(init=False, repr=False)
     _resolutions: dict[tuple[Rule, ...], _Resolution] = field(init=False, repr=False)
     #: Memo of reasons for analysis objects the caller's cache hands in again.

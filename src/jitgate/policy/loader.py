@@ -6,6 +6,7 @@ is wrong with a file surfaces as a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import types
 import typing
 from os import PathLike
@@ -25,17 +26,24 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def load_policy(path: str | PathLike[str]) -> Policy:
+    """The policy in the file at ``path``; its ``source_sha256`` is over the file's bytes."""
     source = str(path)
     try:
-        text = FsPath(path).read_text(encoding="utf-8")
+        raw = FsPath(path).read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problem = PolicyProblem(f"cannot read the policy: {reason}", file=source)
         raise PolicyError([problem]) from None
-    return load_policy_text(text, source=source)
+    return _load(text, source, hashlib.sha256(raw).hexdigest())
 
 
 def load_policy_text(text: str, source: str = "<string>") -> Policy:
+    """The policy in ``text``; its ``source_sha256`` is over ``text`` in UTF-8."""
+    return _load(text, source, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+
+
+def _load(text: str, source: str, digest: str) -> Policy:
     data, where = parse_yaml(text, source)
     if data is None:
         raise PolicyError([PolicyProblem("the policy is empty (expected a mapping with "
@@ -44,7 +52,7 @@ def load_policy_text(text: str, source: str = "<string>") -> Policy:
         raise PolicyError([where.problem((), f"the policy must be a mapping, not "
                                              f"{describe_type(data)}")])
     spec = validate(PolicySpec, data, where)
-    return compile_policy(spec, source=source, source_map=where)
+    return compile_policy(spec, source=source, source_map=where, source_sha256=digest)
 
 
 def validate(model: type[M], data: Any, where: SourceMap, base: Path = ()) -> M:

@@ -28,8 +28,8 @@ from jitgate.server.models import (
     AuthorizeBody,
     BreakGlassBody,
     CancelBody,
-    DecisionOut,
     DenyBody,
+    EvaluationOut,
     OutcomeBody,
     RequestList,
     RequestView,
@@ -95,13 +95,14 @@ router = APIRouter(prefix="/api/v1", responses=ERRORS)
 # --- evaluation and submission ----------------------------------------------------------
 
 
-@router.post("/evaluate", response_model=DecisionOut, tags=["actions"])
+@router.post("/evaluate", response_model=EvaluationOut, tags=["actions"])
 async def evaluate(request: Request, principal: CurrentPrincipal, body: ActionBody) -> Response:
-    """Decide on an action without holding it (a non-allow decision is audited)."""
+    """Decide on an action without holding it (a non-allow decision is audited);
+    ``grant``: the active rule grant that would let it go ahead, else null."""
     ctx = context(request)
-    decision = await ctx.service.evaluate(principal, action_record(body))
-    ctx.metrics.observe_decision(decision.outcome.label)
-    return view_response(decision.to_dict())
+    evaluation = await ctx.service.evaluation(principal, action_record(body))
+    ctx.metrics.observe_decision(evaluation.decision.outcome.label)
+    return view_response({**evaluation.decision.to_dict(), "grant": evaluation.grant})
 
 
 @router.post(
@@ -112,13 +113,19 @@ async def evaluate(request: Request, principal: CurrentPrincipal, body: ActionBo
     responses={200: {"model": SubmitOut, "description": "Allowed or denied: nothing is held"}},
 )
 async def submit(request: Request, principal: CurrentPrincipal, body: ActionBody) -> Response:
-    """Submit an action: held for approval (201) or decided at once (200)."""
+    """Submit an action: held for approval (201) or decided at once (200); a
+    `require_approval` covered by an active rule grant is allowed by that grant
+    (200, `request` null, `grant` set)."""
     ctx = context(request)
     submission = await ctx.service.submit(principal, action_record(body))
     ctx.metrics.observe_decision(submission.decision.outcome.label)
     held = submission.request is not None
     return view_response(
-        {"decision": submission.decision.to_dict(), "request": submission.request},
+        {
+            "decision": submission.decision.to_dict(),
+            "request": submission.request,
+            "grant": submission.grant,
+        },
         201 if held else 200,
     )
 
@@ -240,6 +247,7 @@ async def outcome(
         rows_affected=body.rows_affected,
         error=body.error,
         duration_ms=body.duration_ms,
+        receipt_sha256=body.receipt_sha256,
     )
     return changed(request, view)
 

@@ -20,13 +20,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 
 from jitgate import __version__
 from jitgate.server.api import DEFAULT_HEARTBEAT_SECONDS, ERRORS, ApiContext, router
+from jitgate.server.api_analytics import analytics_router
+from jitgate.server.api_audit import router as audit_router
+from jitgate.server.api_grants import router as grants_router
+from jitgate.server.api_receipts import router as receipts_router
 from jitgate.server.auth import AuthMiddleware, CurrentPrincipal
 from jitgate.server.errors import CatchAllMiddleware, install_error_handlers
 from jitgate.server.limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
@@ -38,6 +42,9 @@ from jitgate.server.metrics import (
 )
 from jitgate.server.models import Health
 from jitgate.service import ApprovalService
+
+if TYPE_CHECKING:
+    from jitgate.notify import Notifier
 
 #: Seconds shutdown waits for ``service.stop()`` before cancelling it.
 DEFAULT_STOP_TIMEOUT = 5.0
@@ -56,6 +63,7 @@ def create_app(
     metrics_public: bool = False,
     sse_heartbeat: float = DEFAULT_HEARTBEAT_SECONDS,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    notifier: Notifier | None = None,
 ) -> FastAPI:
     """The jitgate HTTP API over ``service``.
 
@@ -65,20 +73,33 @@ def create_app(
     ``/openapi.json``. ``sse_heartbeat``: seconds between keep-alive comments
     on an idle event stream. ``stop_timeout``: how long shutdown waits for
     ``service.stop()`` before cancelling it (a shutdown must not hang).
+    ``notifier``: subscribed to the service's events, started and stopped
+    (drained) with the app, its counters in ``/metrics``.
     """
     metrics = Metrics()
     metrics.attach(service)
+    if notifier is not None:
+        from jitgate.notify.metrics import NotifierCollector
+
+        notifier.attach(service)
+        metrics.registry.register(NotifierCollector(notifier))
     ctx = ApiContext(service, metrics, heartbeat=sse_heartbeat)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.shutdown.clear()
         await service.start()
+        if notifier is not None:
+            await notifier.start()
         try:
             yield
         finally:
             ctx.shutdown.set()
-            await stop_service(service, stop_timeout)
+            try:
+                await stop_service(service, stop_timeout)
+            finally:
+                if notifier is not None:
+                    await notifier.stop()
 
     app = FastAPI(
         title="jitgate",
@@ -93,6 +114,10 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(audit_router)
+    app.include_router(analytics_router)
+    app.include_router(grants_router)
+    app.include_router(receipts_router)
 
     @app.get(HEALTH_PATH, response_model=Health, tags=["meta"])
     async def healthz() -> dict[str, str]:

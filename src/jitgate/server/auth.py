@@ -11,6 +11,12 @@ parsed, and learns nothing about which routes exist.
 The token is handed to :meth:`ApprovalService.authenticate` and nowhere else:
 it is never logged, never put in an error message, never stored on the
 request. The principal is kept in the ASGI scope for :func:`current_principal`.
+
+The peer address (``scope["client"]``, which uvicorn sets from
+``X-Forwarded-For`` only for trusted proxies) goes along: failures are
+counted per address, and an address with too many recent failures gets
+``429 too_many_failures`` with ``Retry-After``, whatever token it sends,
+without the database being touched (:mod:`jitgate.service.throttle`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jitgate.server.errors import error_response, unauthenticated
 from jitgate.service import ApprovalService, Principal
+from jitgate.service.throttle import TooManyFailures
 
 #: Where the authenticated principal lives in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "jitgate.principal"
@@ -51,6 +58,15 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
+def client_address(scope: Scope) -> str | None:
+    """The peer's host (no port: a client opens connections from many ports)."""
+    client = scope.get("client")
+    if not client:
+        return None
+    host = client[0]
+    return str(host) if host else None
+
+
 def route_path(scope: Scope) -> str:
     """The request path without the ``root_path`` a proxy may have mounted us under."""
     path: str = scope.get("path", "")
@@ -73,7 +89,17 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
-        principal = await self.service.authenticate(token) if token is not None else None
+        try:
+            principal = (
+                await self.service.authenticate(token, client_address(scope))
+                if token is not None
+                else None
+            )
+        except TooManyFailures as refused:
+            headers = {"Retry-After": str(refused.retry_after)}
+            response = error_response(refused.status, refused.code, refused.message, headers)
+            await response(scope, receive, send)
+            return
         if principal is None:
             error = unauthenticated(
                 "missing or malformed bearer token"

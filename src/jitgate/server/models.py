@@ -81,6 +81,12 @@ class OutcomeBody(Body):
     rows_affected: int | None = Field(None, ge=0, le=INT64)
     error: str | None = None
     duration_ms: int | None = Field(None, ge=0, le=INT64)
+    receipt_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the approval receipt the executor kept "
+        "(RFC 8785 bytes of the signed receipt).",
+    )
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -211,10 +217,29 @@ class RequestView(View):
     execution: ExecutionOut | None = None
 
 
+class AppliedGrantOut(View):
+    """The rule-scoped grant that lets a ``require_approval`` action go ahead."""
+
+    id: str
+    request_id: str
+    expires_at: datetime | None = None
+
+
+class EvaluationOut(DecisionOut):
+    grant: AppliedGrantOut | None = Field(
+        None, description="The active rule grant that would let this action go ahead now."
+    )
+
+
 class SubmitOut(View):
     decision: DecisionOut
     request: RequestView | None = Field(
         description="The new request when approval is required, else null."
+    )
+    grant: AppliedGrantOut | None = Field(
+        None,
+        description="Allowed by grant: the active rule grant that satisfied the "
+        "`require_approval` decision (no request is held), else null.",
     )
 
 

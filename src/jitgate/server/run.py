@@ -27,10 +27,12 @@ from fastapi import FastAPI
 
 from jitgate.audit.keys import DEFAULT_KEY_FILENAME, SigningKey
 from jitgate.evaluator import Evaluator
+from jitgate.notify import Notifier, load_notify_config
 from jitgate.policy import Policy, load_policy
 from jitgate.server.app import begin_shutdown, create_app
 from jitgate.server.limits import DEFAULT_MAX_BODY
 from jitgate.service import ApprovalService
+from jitgate.service.policy_audit import record_policy_loaded
 from jitgate.store import Database, migrate
 
 logger = logging.getLogger("jitgate.server")
@@ -148,6 +150,7 @@ async def serve(
     policy: Policy | None = None,
     policy_path: str | Path | None = None,
     signing_key_path: str | Path | None = None,
+    notify_path: str | Path | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     metrics_public: bool = False,
     log_level: str | None = "info",
@@ -174,15 +177,28 @@ async def serve(
         raise ValueError("give a policy or a policy path, not both")
     if policy_path is not None:
         policy = load_policy(policy_path)
+    # ``notify_path``: sinks for notifications (docs/notifications.md); NotifyConfigError.
+    notifier = Notifier(load_notify_config(notify_path)) if notify_path is not None else None
     evaluator = Evaluator(policy)
-    signing_key = SigningKey.load_or_create(
-        signing_key_path or (data_dir or Path(".")) / DEFAULT_KEY_FILENAME
-    )
+    if signing_key_path is None and data_dir is None:
+        # Nowhere to keep a key: sign with one that dies with the process
+        # (its checkpoints cannot be verified later; the CLI always passes a
+        # data directory).
+        logger.warning("no data directory or signing key: audit checkpoints use an ephemeral key")
+        signing_key = SigningKey.generate()
+    else:
+        assert data_dir is not None or signing_key_path is not None
+        signing_key = SigningKey.load_or_create(
+            signing_key_path or (data_dir or Path(".")) / DEFAULT_KEY_FILENAME
+        )
     db = Database.open(db_url, data_dir or Path("."))
     try:
         await migrate(db)
+        await record_policy_loaded(db, evaluator.policy)  # the trail names the policy in force
         service = ApprovalService(db, evaluator, signing_key=signing_key)
-        app = create_app(service, max_body=max_body, metrics_public=metrics_public)
+        app = create_app(
+            service, max_body=max_body, metrics_public=metrics_public, notifier=notifier
+        )
         server = make_server(
             app,
             host=host,

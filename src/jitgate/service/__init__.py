@@ -7,7 +7,7 @@ against the store, the wake-up of waiters, and the timer that expires and
 escalates requests.
 """
 
-from jitgate.service.approvals import ApprovalService, Submission
+from jitgate.service.approvals import ApprovalService, Evaluation, Submission
 from jitgate.service.errors import ServiceError
 from jitgate.service.metrics import ChangeHook, ServiceStats
 from jitgate.service.principal import Principal
@@ -17,6 +17,7 @@ __all__ = [
     "FINAL_STATUSES",
     "ApprovalService",
     "ChangeHook",
+    "Evaluation",
     "Principal",
     "ServiceError",
     "ServiceStats",

@@ -95,8 +95,11 @@ from jitgate.approvals import create_request as core_create_request
 from jitgate.approvals import deny as core_deny
 from jitgate.approvals import report_outcome as core_report_outcome
 from jitgate.approvals import review as core_review
+from jitgate.approvals import revoke_grant as core_revoke_grant
 from jitgate.approvals.totp import check_totp
+from jitgate.audit.checkpoint import Checkpoint
 from jitgate.audit.keys import SigningKey
+from jitgate.audit.receipts import ReceiptError, build_receipt, sign_receipt
 from jitgate.evaluator import Evaluator
 from jitgate.policy import Decision, Outcome
 from jitgate.service.access import acts_for_requester, approver_shortfall, can_see
@@ -109,10 +112,12 @@ from jitgate.service.codec import (
     request_row,
 )
 from jitgate.service.errors import ServiceError
+from jitgate.service.grants import applied_grant, covering_grant, grant_view
 from jitgate.service.hub import Hub, wait_event
 from jitgate.service.listener import CHANNEL, Listener, asyncpg_dsn, notify_payload
 from jitgate.service.metrics import ChangeHook, ServiceStats, emit
 from jitgate.service.principal import Principal
+from jitgate.service.throttle import AuthThrottle, FailureReport, TooManyFailures
 from jitgate.service.views import FINAL_STATUSES, request_view
 from jitgate.store import (
     Database,
@@ -127,6 +132,7 @@ from jitgate.store import (
     new_grant_id,
     new_request_id,
 )
+from jitgate.store.audit import write_checkpoint
 from jitgate.store.tables import RequestTable
 
 log = logging.getLogger(__name__)
@@ -204,6 +210,18 @@ class Submission:
     decision: Decision
     #: The request view (docs/api.md) when approval is required, else None.
     request: Mapping[str, Any] | None
+    #: ``{"id", "request_id", "expires_at"}`` of the RULE grant that allowed a
+    #: REQUIRE_APPROVAL decision without a new request, else None. The
+    #: decision stays what the policy said: allowed by grant is
+    #: ``require_approval`` with no request and this grant.
+    grant: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    decision: Decision
+    #: The RULE grant that would allow the action now (as ``Submission.grant``).
+    grant: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +253,16 @@ class ApprovalService:
         resync_interval: float | None = 30.0,
         listen: bool = True,
         signing_key: SigningKey | None = None,
+        checkpoint_interval: float = 1.0,
     ) -> None:
         """``clock`` returns the current (timezone-aware) time; ``max_attempts``
         bounds the retries of a use case that keeps losing optimistic races;
         ``tick_cap`` is the longest the ticker sleeps; ``resync_interval``
         the longest a waiter goes without re-reading its request (None:
         never); ``listen=False`` skips LISTEN/NOTIFY wake-ups on PostgreSQL;
-        ``signing_key`` signs audit checkpoints and approval receipts (None:
-        neither is signed, and receipts are unavailable).
+        ``signing_key`` signs audit checkpoints (every ``checkpoint_interval``
+        seconds when events were appended, at start and at stop) and approval
+        receipts (None: neither is signed, and receipts are unavailable).
         """
         self.db = db
         self.evaluator = evaluator
@@ -266,6 +286,11 @@ class ApprovalService:
         self._stuck: set[str] = set()
         self._stopping = False
         self._before_update: BeforeUpdate | None = None
+        #: Failed authentications: coalesced ``auth.failed`` events and the
+        #: per-address lockout (see jitgate.service.throttle); replaceable.
+        self.auth_throttle = AuthThrottle()
+        self.checkpoint_interval = checkpoint_interval
+        self._checkpoint_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -279,6 +304,10 @@ class ApprovalService:
         self._stopping = False
         if ticker and self._ticker_task is None:
             self._ticker_task = asyncio.create_task(self._tick_loop(), name="jitgate-ticker")
+        if self.signing_key is not None and self._checkpoint_task is None:
+            self._checkpoint_task = asyncio.create_task(
+                self._checkpoint_loop(), name="jitgate-checkpoints"
+            )
 
     async def stop(self) -> None:
         """Stop the ticker and the LISTEN connection (waiters are left to their owners)."""
@@ -291,6 +320,16 @@ class ApprovalService:
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.stop()
+        # After the ticker (whose flush may be cut short), before the last checkpoint.
+        await self._flush_auth_failures_on_stop()
+        checkpoints, self._checkpoint_task = self._checkpoint_task, None
+        if checkpoints is not None:
+            checkpoints.cancel()
+            await asyncio.gather(checkpoints, return_exceptions=True)
+            try:  # sign what this process appended last
+                await self.checkpoint()
+            except Exception:
+                log.exception("signing the final audit checkpoint failed")
         refreshing = list(self._refreshing.values())
         for refresh in refreshing:
             refresh.cancel()
@@ -300,6 +339,26 @@ class ApprovalService:
     def listener(self) -> Listener | None:
         return self._listener
 
+    # --- audit checkpoints ------------------------------------------------------------
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign the head of the audit trail now, if anything is unsigned."""
+        if self.signing_key is None:
+            return None
+        return await write_checkpoint(self.db, self.signing_key, self._now())
+
+    async def _checkpoint_loop(self) -> None:
+        # Signs the head at start-up too: a tail a crash left unsigned is
+        # signed as soon as the server is back.
+        while not self._stopping:
+            try:
+                await self.checkpoint()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("signing an audit checkpoint failed; retrying")
+            await asyncio.sleep(self.checkpoint_interval)
+
     def _now(self) -> datetime:
         now = self._clock()
         if now.tzinfo is None or now.utcoffset() is None:
@@ -308,11 +367,21 @@ class ApprovalService:
 
     # --- identity -------------------------------------------------------------------
 
-    async def authenticate(self, token: str) -> Principal | None:
-        """The principal a bearer token belongs to; None (and an ``auth.failed``
-        audit event, without any token material) if it is unknown, expired,
-        revoked, or its user is disabled."""
+    async def authenticate(self, token: str, client: str | None = None) -> Principal | None:
+        """The principal a bearer token belongs to; None if it is unknown, expired,
+        revoked, or its user is disabled. ``client``: the caller's address.
+
+        Failures are recorded as ``auth.failed`` events coalesced per address
+        (at most one per address per interval, with counts and 8-character
+        token prefixes, never more of a token); an address with too many
+        recent failures is refused with :class:`TooManyFailures` (429) before
+        the token is looked at, without touching the database
+        (:mod:`jitgate.service.throttle`).
+        """
         now = self._now()
+        wait = self.auth_throttle.check(client, now)
+        if wait is not None:
+            raise TooManyFailures(wait)
         async with self.db.transaction(readonly=True) as session:
             user = await Identity(session).authenticate(token, now, touch=False)
         if user is not None:
@@ -326,10 +395,7 @@ class ApprovalService:
                         self._touched.clear()
                     self._touched[key] = now
         if user is None:
-            async with self.db.transaction() as session:
-                await append_event(
-                    session, "auth.failed", None, None, {"reason": "invalid_token"}, now
-                )
+            await self._write_auth_failures(self.auth_throttle.failure(client, token, now), now)
             return None
         return Principal(
             user=user.name,
@@ -338,6 +404,38 @@ class ApprovalService:
             is_auditor=user.is_auditor,
             is_service_account=user.is_service_account,
         )
+
+    async def flush_auth_failures(self, *, drain: bool = False) -> int:
+        """Write the coalesced ``auth.failed`` reports whose interval has passed
+        (``drain``: all of them); how many events were written."""
+        now = self._now()
+        throttle = self.auth_throttle
+        reports = throttle.drain(now) if drain else throttle.due(now)
+        await self._write_auth_failures(reports, now)
+        return len(reports)
+
+    async def _write_auth_failures(self, reports: Sequence[FailureReport], now: datetime) -> None:
+        if not reports:
+            return
+        try:
+            async with self.db.transaction() as session:
+                for report in reports:
+                    await append_event(session, "auth.failed", None, None, report.payload(), now)
+        except BaseException:
+            self.auth_throttle.restore(reports)  # written later, not dropped
+            raise
+
+    async def _flush_auth_failures_on_stop(self) -> None:
+        try:
+            await self.flush_auth_failures(drain=True)
+        except Exception:
+            log.exception("recording the pending failed authentications failed")
+            lost = self.auth_throttle.drain(self._now())
+            if lost:
+                log.error(
+                    "unrecorded failed authentications: %s",
+                    ", ".join(f"{r.client}: {r.count} failed, {r.throttled} refused" for r in lost),
+                )
 
     # --- evaluating and submitting --------------------------------------------------
 
@@ -413,14 +511,62 @@ class ApprovalService:
 
         Decisions other than allow are recorded (``action.evaluated``).
         """
+        return (await self.evaluation(principal, body)).decision
+
+    async def evaluation(self, principal: Principal, body: Mapping[str, Any]) -> Evaluation:
+        """:meth:`evaluate`, and the RULE grant that would let the action go
+        ahead now without a request (recorded with ``action.evaluated``;
+        nothing is applied)."""
         now = self._now()
         action = await self._action(principal, body, now)
         decision = self._decide(action, submitted=False)
-        if decision.outcome is not Outcome.ALLOW:
-            await self._record(
-                "action.evaluated", principal, self._attempt(principal, action, decision), now
+        if decision.outcome is Outcome.ALLOW:
+            return Evaluation(decision)
+        async with self.db.transaction() as session:
+            row = await covering_grant(session, action, decision, now)
+            payload = self._attempt(principal, action, decision)
+            if row is not None:
+                payload["grant"] = applied_grant(row)
+            await append_event(session, "action.evaluated", principal.user, None, payload, now)
+        return Evaluation(decision, None if row is None else applied_grant(row))
+
+    async def _apply_rule_grant(
+        self, principal: Principal, action: Action, decision: Decision, now: datetime
+    ) -> dict[str, Any] | None:
+        """Let a REQUIRE_APPROVAL through on an active RULE grant, recording
+        ``grant.applied`` in the same transaction that found the grant."""
+        async with self.db.transaction() as session:
+            row = await covering_grant(session, action, decision, now)
+            if row is None:
+                return None
+            payload = {
+                "grant_id": row.id,
+                "request_id": row.request_id,
+                "action": {
+                    "kind": action.kind.value,
+                    "text": action.text,
+                    "payload": dict(action.payload),
+                    "target": action.target,
+                    "environment": action.environment,
+                    "user": action.actor.user,
+                },
+                "fingerprint": decision.fingerprint,
+                "rules": list(decision.rules),
+                "submitted_by": principal.user,
+                "break_glass": row.break_glass,
+                "expires_at": row.expires_at.isoformat(),
+            }
+            await append_event(
+                session,
+                "grant.applied",
+                principal.user,
+                row.request_id,
+                payload,
+                now,
+                target=action.target,
+                environment=action.environment,
             )
-        return decision
+        return applied_grant(row)
 
     async def submit(self, principal: Principal, body: Mapping[str, Any]) -> Submission:
         """Evaluate an action body and, when approval is required, hold it as a request.
@@ -429,6 +575,11 @@ class ApprovalService:
         recorded) when the chain's approvers could not approve it: too few
         enabled members other than the requester in the first stage's groups,
         or in the whole chain counting escalations.
+
+        An active RULE grant of the requester that covers the action (see
+        :func:`jitgate.service.grants.covering_grant`) satisfies a
+        REQUIRE_APPROVAL: nothing is held, ``grant.applied`` is recorded, and
+        the submission carries the grant (the decision is left as it was).
         """
         self._writable(principal)
         now = self._now()
@@ -441,6 +592,9 @@ class ApprovalService:
                 "action.denied", principal, self._attempt(principal, action, decision), now
             )
             return Submission(decision, None)
+        applied = await self._apply_rule_grant(principal, action, decision, now)
+        if applied is not None:
+            return Submission(decision, None, applied)
 
         request_id = new_request_id()
         try:
@@ -893,10 +1047,15 @@ class ApprovalService:
         rows_affected: int | None = None,
         error: str | None = None,
         duration_ms: int | None = None,
+        receipt_sha256: str | None = None,
     ) -> Mapping[str, Any]:
         """How the run went (``executing`` -> ``executed`` or ``failed``): the
-        executor, or the service account that submitted the request."""
+        executor, or the service account that submitted the request.
+        ``receipt_sha256``: digest of the approval receipt the executor kept
+        (recorded in the ``execution.finished`` event)."""
         self._writable(principal)
+        if receipt_sha256 is not None and not self._is_sha256(receipt_sha256):
+            raise ServiceError("invalid_request", "receipt_sha256 is 64 lower-case hex digits", 422)
         if duration_ms is not None and (
             isinstance(duration_ms, bool) or not isinstance(duration_ms, int) or duration_ms < 0
         ):
@@ -913,9 +1072,70 @@ class ApprovalService:
                 error=error,
                 as_service=acts_for_requester(principal, req, loaded.meta),
             )
-            return new, events, replace(loaded.meta, duration_ms=duration_ms)
+            meta = replace(loaded.meta, duration_ms=duration_ms, receipt_sha256=receipt_sha256)
+            return new, events, meta
 
         return await self._mutate(principal, request_id, op)
+
+    # --- grants -----------------------------------------------------------------------
+
+    async def list_grants(
+        self,
+        principal: Principal,
+        *,
+        active: bool = False,
+        mine: bool = False,
+        limit: int = 100,
+    ) -> Sequence[dict[str, Any]]:
+        """Grants, newest first: admins and auditors see everybody's (``mine``:
+        only their own), everybody else their own. ``active``: only grants
+        still usable now."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise ServiceError("invalid_query", f"limit must be between 1 and {MAX_LIMIT}", 400)
+        sees_all = principal.is_admin or principal.is_auditor
+        requester = principal.user if mine or not sees_all else None
+        now = self._now()
+        async with self.db.transaction(readonly=True) as session:
+            rows = await GrantRepository(session).find(
+                requester=requester, active_at=now if active else None, limit=limit
+            )
+        return [grant_view(row, now) for row in rows]
+
+    async def revoke_grant(
+        self, principal: Principal, grant_id: str, reason: str
+    ) -> dict[str, Any]:
+        """Revoke a grant (its requester, or an admin; a reason is required):
+        ``grant.revoked`` is recorded with the change, an unused grant's
+        request is cancelled, and a revoked RULE grant never covers another
+        action. ``not_found`` for a grant the caller may not see."""
+        self._writable(principal)
+        row = None
+        if isinstance(grant_id, str) and grant_id:
+            async with self.db.transaction(readonly=True) as session:
+                row = await GrantRepository(session).get(grant_id)
+        if row is None or not (principal.is_admin or row.requester == principal.user):
+            raise ServiceError("not_found", f"no grant {grant_id!r}", 404)
+        found = row
+        as_admin = principal.user != found.requester
+
+        async def op(session: AsyncSession, loaded: _Loaded, now: datetime) -> _Change:
+            if loaded.meta.grant_id != found.id:
+                raise ServiceError("conflict", "the grant and its request disagree", 409)
+            new, events = core_revoke_grant(
+                loaded.req, principal.actor, reason, now, as_admin=as_admin
+            )
+            revoked_at = now if new.grant is None else new.grant.revoked_at or now
+            if not await GrantRepository(session).revoke(
+                found.id, revoked_at, by=principal.user, reason=reason
+            ):
+                raise ServiceError("grant_revoked", "the grant has already been revoked", 409)
+            return new, events, loaded.meta
+
+        await self._mutate(principal, found.request_id, op)
+        async with self.db.transaction(readonly=True) as session:
+            updated = await GrantRepository(session).get(found.id)
+        assert updated is not None
+        return grant_view(updated, self._now())
 
     # --- waiters ----------------------------------------------------------------------
 
@@ -1057,6 +1277,7 @@ class ApprovalService:
             delay = self.tick_cap
             try:
                 await self.run_due()
+                await self.flush_auth_failures()
                 earliest = await self.earliest_deadline()
                 if earliest is not None:
                     until = (earliest - self._now()).total_seconds()
@@ -1066,3 +1287,36 @@ class ApprovalService:
             except Exception:
                 log.exception("the ticker failed; retrying in %.1f s", delay)
             await wait_event(self._wake, delay)
+
+    # --- receipts ---------------------------------------------------------------------
+
+    async def receipt(self, principal: Principal, request_id: str) -> Mapping[str, Any]:
+        """The signed approval receipt of a request (:mod:`jitgate.audit.receipts`).
+
+        Visible to whoever may see the request (else 404 ``not_found``); 409
+        ``not_approved`` unless it was approved (approved, executing, executed
+        or failed); 503 ``receipts_unavailable`` when the server has no
+        signing key. The same request always gives the same receipt.
+        """
+        async with self.db.transaction(readonly=True) as session:
+            loaded = await self._load(session, request_id, principal)
+        try:
+            body = build_receipt(loaded.req)
+            if self.signing_key is None:
+                raise ServiceError(
+                    "receipts_unavailable", "this server has no signing key for receipts", 503
+                )
+            return sign_receipt(body, self.signing_key)
+        except ReceiptError as err:
+            if err.code == "not_approved":
+                raise ServiceError("not_approved", err.message, 409) from None
+            log.error("no receipt for request %s: %s", request_id, err.message)
+            raise ServiceError("receipt_failed", "the receipt cannot be issued", 500) from None
+
+    @staticmethod
+    def _is_sha256(value: object) -> bool:
+        return (
+            isinstance(value, str)
+            and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value)
+        )

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from jitgate.actions.model import Action, ActionKind, Actor
 from jitgate.approvals import (
+    DEFAULT_EXECUTION_TIMEOUT,
     Approval,
     ApprovalChain,
     ApprovalRequest,
@@ -89,6 +90,8 @@ class RequestMeta:
     grant_id: str | None = None
     #: The executor's reported duration of the run, if given.
     duration_ms: int | None = None
+    #: SHA-256 (hex) of the signed approval receipt the executor kept, if given.
+    receipt_sha256: str | None = None
 
 
 # --- scalars ----------------------------------------------------------------------
@@ -325,11 +328,15 @@ def _execution(execution: Execution) -> dict[str, Any]:
             "error": outcome.error,
         },
         "reported_by": execution.reported_by,
+        "timeout_us": _span(execution.timeout),
     }
 
 
 def _parse_execution(data: Mapping[str, Any]) -> Execution:
     outcome = data["outcome"]
+    # Stored before executions had a deadline: the default one, so that a
+    # request whose executor died does not stay executing forever.
+    timeout = data.get("timeout_us")
     return Execution(
         executor=data["executor"],
         started_at=_parse_time(data["started_at"]),
@@ -342,6 +349,7 @@ def _parse_execution(data: Mapping[str, Any]) -> Execution:
             error=outcome["error"],
         ),
         reported_by=data["reported_by"],
+        timeout=DEFAULT_EXECUTION_TIMEOUT if timeout is None else _parse_span(timeout),
     )
 
 
@@ -484,6 +492,7 @@ def encode_state(req: ApprovalRequest, meta: RequestMeta) -> dict[str, Any]:
             "submitted_by": meta.submitted_by,
             "grant_id": meta.grant_id,
             "duration_ms": meta.duration_ms,
+            "receipt_sha256": meta.receipt_sha256,
         },
     }
 
@@ -496,6 +505,7 @@ def decode_state(state: Mapping[str, Any]) -> tuple[ApprovalRequest, RequestMeta
         submitted_by=meta.get("submitted_by"),
         grant_id=meta.get("grant_id"),
         duration_ms=meta.get("duration_ms"),
+        receipt_sha256=meta.get("receipt_sha256"),
     )
 
 
@@ -548,8 +558,9 @@ def event_payload(event: Event) -> dict[str, Any]:
 def audit_payload(event: Event, req: ApprovalRequest, meta: RequestMeta) -> dict[str, Any]:
     """What the audit trail records for ``event`` of ``req``: the event's fields,
     and what an auditor needs without the request row: the action itself on
-    creation (what was asked for), the executor's duration and the grant on
-    the outcome (the row may be archived long before the trail)."""
+    creation (what was asked for), the executor's duration, the grant and the
+    digest of the approval receipt the executor kept on the outcome (the row
+    may be archived long before the trail)."""
     payload = event_payload(event)
     if event.type == "request_created":
         payload["action"] = _action(req.action)
@@ -557,4 +568,5 @@ def audit_payload(event: Event, req: ApprovalRequest, meta: RequestMeta) -> dict
     elif event.type == "execution_finished":
         payload["duration_ms"] = meta.duration_ms
         payload["grant_id"] = meta.grant_id
+        payload["receipt_sha256"] = meta.receipt_sha256
     return payload

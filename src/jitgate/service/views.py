@@ -16,9 +16,10 @@ Extra keys: ``submitted_by`` (the service account that submitted on the
 requester's behalf, else the requester), ``approved_at``, ``expiry``
 (``{"at", "reason"}`` or null), ``review_required``; ``decision`` is the full
 decision object (``jitgate evaluate --json``: also ``findings``,
-``fingerprint`` and ``chain``); ``grant`` also has ``issued_at``,
-``break_glass`` and ``revoked_at``; ``execution`` also has ``executor`` and
-``duration_ms``; ``denial.stage`` names the stage it was denied in;
+``fingerprint`` and ``chain``); ``grant`` also has ``id`` (for
+``/grants/{id}/revoke``), ``issued_at``, ``break_glass`` and ``revoked_at``;
+``execution`` also has ``executor``, ``duration_ms`` and ``deadline`` (no
+outcome by then: ``failed``); ``denial.stage`` names the stage it was denied in;
 ``review`` is ``{"by", "verdict", "comment", "at"}`` with the verdict spelt as
 the API takes it (``ok`` or ``concern``).
 """
@@ -207,6 +208,7 @@ def request_view(
         "grant": None
         if grant is None
         else {
+            "id": meta.grant_id,
             "fingerprint": grant.fingerprint,
             "scope": grant.scope.value,
             "issued_at": iso(grant.issued_at),
@@ -226,5 +228,6 @@ def request_view(
             "error": None if outcome is None else outcome.error,
             "reported_by": execution.reported_by,
             "duration_ms": meta.duration_ms,
+            "deadline": iso(execution.deadline),
         },
     }

@@ -17,6 +17,7 @@ result. Read-only transactions (:meth:`Database.transaction` with
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -145,10 +146,22 @@ def create_engine(
     """
     sa_url = _async_url(url)
     if sa_url.get_backend_name() == SQLITE:
-        engine = _create_async_engine(sa_url, echo=echo)
+        engine = _create_async_engine(sa_url, echo=echo, json_serializer=compact_json)
         _install_sqlite_listeners(engine, busy_timeout_ms)
         return engine
-    return _create_async_engine(sa_url, echo=echo, pool_pre_ping=True)
+    return _create_async_engine(
+        sa_url, echo=echo, pool_pre_ping=True, json_serializer=compact_json
+    )
+
+
+def compact_json(value: Any) -> str:
+    """How JSON columns are written: sorted keys, no spaces, ASCII only.
+
+    For an audit payload without floats or non-ASCII text this is exactly
+    its RFC 8785 form, which lets verification hash the stored text as it
+    is instead of parsing and re-serializing it (see jitgate.audit.chain).
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def _enable_wal(cursor: Any, timeout_ms: int) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from jitgate.store._common import aware, fetch, insert_for, new_id, write
@@ -133,6 +133,32 @@ class GrantRepository:
             .values(revoked_at=now, revoked_by=by, revoke_reason=reason)
         )
         return await write(self.session, stmt) == 1
+
+    async def find(
+        self,
+        *,
+        requester: str | None = None,
+        active_at: datetime | None = None,
+        limit: int = 100,
+    ) -> list[GrantRow]:
+        """Grants, newest first: of ``requester`` only, if given; with
+        ``active_at``, only those still usable then (unrevoked, inside their
+        window, and, for ACTION scope, unused)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidValueError("limit must be a positive integer")
+        stmt = select(GrantTable)
+        if requester is not None:
+            stmt = stmt.where(GrantTable.requester == requester)
+        if active_at is not None:
+            now = aware(active_at, "active_at")
+            stmt = stmt.where(
+                GrantTable.revoked_at.is_(None),
+                GrantTable.issued_at <= now,
+                GrantTable.expires_at > now,
+                or_(GrantTable.scope == SCOPE_RULE, GrantTable.used_at.is_(None)),
+            )
+        stmt = stmt.order_by(GrantTable.issued_at.desc(), GrantTable.id.desc()).limit(limit)
+        return [_grant(found) for found in (await fetch(self.session, stmt)).scalars()]
 
     async def active_rule_grants(
         self,

@@ -10,6 +10,16 @@ TOTP replay protection lives in ``mfa_secrets.last_used_step``: a code is
 accepted for a time step only if that step is later than the last one
 accepted, and the check-and-set is one conditional UPDATE, so concurrent
 uses of the same code cannot both win.
+
+Every change to an identity appends its audit event (``user.created``,
+``group.member_added``, ``token.created``, ``mfa.enrolled`` ...; see
+docs/audit-events.md) in the caller's transaction, as the method's last
+write, so the change and its record commit or roll back together. An event
+is written only when something changed (disabling a disabled user records
+nothing). Payloads never carry a token secret, its hash or a TOTP secret.
+The event's actor is the ``actor`` the :class:`Identity` was built with
+(None: not known). As the events take the audit trail's lock, make identity
+changes the last writes of a transaction (or give them their own).
 """
 
 from __future__ import annotations
@@ -22,12 +32,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from jitgate.store._common import aware, check_name, fetch, insert_for, new_id, utcnow, write
 from jitgate.store.errors import DuplicateError, InvalidValueError, NotFoundError, StoreError
+from jitgate.store.events import append_event
 from jitgate.store.tables import (
     ApiTokenTable,
     GroupTable,
@@ -93,10 +105,15 @@ class MfaRecord:
 
 
 class Identity:
-    """Users, groups, tokens and TOTP secrets, inside the caller's transaction."""
+    """Users, groups, tokens and TOTP secrets, inside the caller's transaction.
 
-    def __init__(self, session: AsyncSession) -> None:
+    ``actor``: who makes the changes, recorded as the actor of their audit
+    events (an admin's user name, ``local:<os user>`` for the offline CLI).
+    """
+
+    def __init__(self, session: AsyncSession, *, actor: str | None = None) -> None:
         self.session = session
+        self.actor = actor
 
     # --- users --------------------------------------------------------------------
 
@@ -130,9 +147,21 @@ class Identity:
         if await write(self.session, stmt) != 1:
             raise DuplicateError(f"user {name!r} already exists")
         user_id = await self._user_id(name)
-        for group in group_names:
-            await self._join(user_id, group)
-        return await self._require(name)
+        joined = [(group, *await self._join(user_id, group)) for group in group_names]
+        record = await self._require(name)
+        await self._event(
+            "user.created",
+            created,
+            user=name,
+            display_name=display_name,
+            groups=group_names,
+            is_admin=admin,
+            is_auditor=auditor,
+            is_service_account=service,
+        )
+        for group, group_created, member_added in joined:
+            await self._group_events(name, group, group_created, member_added, created)
+        return record
 
     async def get_user(self, name: str) -> UserRecord | None:
         row = (
@@ -154,47 +183,77 @@ class Identity:
         """Disable a user: its tokens stop authenticating. Idempotent."""
         when = aware(now) if now is not None else utcnow()
         await self._user_id(name)
-        await write(
+        changed = await write(
             self.session,
             update(UserTable)
             .where(UserTable.name == name, UserTable.disabled_at.is_(None))
             .values(disabled_at=when),
         )
+        if changed:
+            await self._event("user.disabled", when, user=name)
 
-    async def enable_user(self, name: str) -> None:
+    async def enable_user(self, name: str, now: datetime | None = None) -> None:
+        """Enable a disabled user again. Idempotent."""
+        when = aware(now) if now is not None else utcnow()
         await self._user_id(name)
-        await write(
-            self.session, update(UserTable).where(UserTable.name == name).values(disabled_at=None)
+        changed = await write(
+            self.session,
+            update(UserTable)
+            .where(UserTable.name == name, UserTable.disabled_at.is_not(None))
+            .values(disabled_at=None),
         )
+        if changed:
+            await self._event("user.enabled", when, user=name)
 
     async def set_roles(
-        self, name: str, *, admin: bool | None = None, auditor: bool | None = None
+        self,
+        name: str,
+        *,
+        admin: bool | None = None,
+        auditor: bool | None = None,
+        service: bool | None = None,
+        now: datetime | None = None,
     ) -> UserRecord:
-        """Grant or withdraw the admin and auditor roles (``None``: unchanged)."""
-        values: dict[str, bool] = {}
-        if admin is not None:
-            values["is_admin"] = admin
-        if auditor is not None:
-            values["is_auditor"] = auditor
-        await self._user_id(name)
-        if values:
+        """Grant or withdraw the admin, auditor and service-account roles
+        (``None``: unchanged); ``user.updated`` lists the flags that changed."""
+        when = aware(now) if now is not None else utcnow()
+        row = await self._user_row(name)
+        wanted = {"is_admin": admin, "is_auditor": auditor, "is_service_account": service}
+        changes = {
+            flag: {"from": bool(getattr(row, flag)), "to": value}
+            for flag, value in wanted.items()
+            if value is not None and bool(getattr(row, flag)) != value
+        }
+        if changes:
             await write(
-                self.session, update(UserTable).where(UserTable.name == name).values(**values)
+                self.session,
+                update(UserTable)
+                .where(UserTable.id == row.id)
+                .values(**{flag: change["to"] for flag, change in changes.items()}),
             )
-        return await self._require(name)
+        record = await self._require(name)
+        if changes:
+            await self._event("user.updated", when, user=name, changes=changes)
+        return record
 
     # --- groups -------------------------------------------------------------------
 
-    async def add_to_group(self, user: str, group: str) -> bool:
+    async def add_to_group(self, user: str, group: str, *, now: datetime | None = None) -> bool:
         """Add ``user`` to ``group`` (created if new); False if already a member."""
         check_name("group", group)
-        return await self._join(await self._user_id(user), group)
+        when = aware(now) if now is not None else utcnow()
+        group_created, member_added = await self._join(await self._user_id(user), group)
+        await self._group_events(user, group, group_created, member_added, when)
+        return member_added
 
-    async def remove_from_group(self, user: str, group: str) -> bool:
+    async def remove_from_group(
+        self, user: str, group: str, *, now: datetime | None = None
+    ) -> bool:
         """Remove ``user`` from ``group``; False if it was not a member."""
+        when = aware(now) if now is not None else utcnow()
         user_id = await self._user_id(user)
         group_id = select(GroupTable.id).where(GroupTable.name == group).scalar_subquery()
-        return (
+        removed = (
             await write(
                 self.session,
                 delete(MembershipTable).where(
@@ -203,6 +262,9 @@ class Identity:
             )
             == 1
         )
+        if removed:
+            await self._event("group.member_removed", when, user=user, group=group)
+        return removed
 
     async def group_members(self, group: str, *, include_disabled: bool = False) -> frozenset[str]:
         """Names of the members of ``group``; disabled users only if asked."""
@@ -261,6 +323,7 @@ class Identity:
                 expires_at=record.expires_at,
             ),
         )
+        await self._event("token.created", created, **_token_payload(record))
         return secret, record
 
     async def authenticate(
@@ -314,7 +377,7 @@ class Identity:
     async def revoke_token(self, token_id: str, now: datetime | None = None) -> bool:
         """Revoke a token; False if it does not exist or is already revoked."""
         when = aware(now) if now is not None else utcnow()
-        return (
+        revoked = (
             await write(
                 self.session,
                 update(ApiTokenTable)
@@ -323,6 +386,12 @@ class Identity:
             )
             == 1
         )
+        if revoked:
+            record = await self.get_token(token_id)
+            if record is None:  # pragma: no cover - updated above in this transaction
+                raise NotFoundError(f"no token {token_id!r}")
+            await self._event("token.revoked", when, **_token_payload(record))
+        return revoked
 
     async def list_tokens(self, user: str) -> list[TokenRecord]:
         """``user``'s tokens, oldest first, revoked and expired ones included."""
@@ -346,6 +415,11 @@ class Identity:
         secret = _normalize_base32(secret_b32)
         created = aware(now) if now is not None else utcnow()
         user_id = await self._user_id(user)
+        replaced = (
+            await self.session.execute(
+                select(MfaSecretTable.user_id).where(MfaSecretTable.user_id == user_id)
+            )
+        ).first() is not None
         stmt = insert_for(self.session, MfaSecretTable).values(
             user_id=user_id,
             secret=secret,
@@ -363,6 +437,7 @@ class Identity:
             },
         )
         await write(self.session, stmt)
+        await self._event("mfa.enrolled", created, user=user, replaced=replaced)
 
     async def get_mfa_secret(self, user: str) -> MfaRecord | None:
         row = (
@@ -386,7 +461,7 @@ class Identity:
     async def confirm_mfa(self, user: str, now: datetime | None = None) -> bool:
         """Mark the secret confirmed (first valid code seen); False if none or done."""
         when = aware(now) if now is not None else utcnow()
-        return (
+        confirmed = (
             await write(
                 self.session,
                 update(MfaSecretTable)
@@ -398,15 +473,23 @@ class Identity:
             )
             == 1
         )
+        if confirmed:
+            await self._event("mfa.confirmed", when, user=user)
+        return confirmed
 
-    async def delete_mfa_secret(self, user: str) -> bool:
-        return (
+    async def delete_mfa_secret(self, user: str, *, now: datetime | None = None) -> bool:
+        """Remove ``user``'s TOTP secret; False if there was none."""
+        when = aware(now) if now is not None else utcnow()
+        removed = (
             await write(
                 self.session,
                 delete(MfaSecretTable).where(MfaSecretTable.user_id == await self._user_id(user)),
             )
             == 1
         )
+        if removed:
+            await self._event("mfa.removed", when, user=user)
+        return removed
 
     async def consume_totp_step(self, user: str, step: int) -> bool:
         """Record that a code for TOTP time ``step`` was accepted.
@@ -458,17 +541,21 @@ class Identity:
             raise NotFoundError(f"no user {name!r}")
         return record
 
-    async def _join(self, user_id: int, group: str) -> bool:
-        await write(
-            self.session,
-            insert_for(self.session, GroupTable)
-            .values(name=group)
-            .on_conflict_do_nothing(index_elements=["name"]),
+    async def _join(self, user_id: int, group: str) -> tuple[bool, bool]:
+        """``(group created, member added)``."""
+        group_created = (
+            await write(
+                self.session,
+                insert_for(self.session, GroupTable)
+                .values(name=group)
+                .on_conflict_do_nothing(index_elements=["name"]),
+            )
+            == 1
         )
         group_id = (
             await self.session.execute(select(GroupTable.id).where(GroupTable.name == group))
         ).scalar_one()
-        return (
+        member_added = (
             await write(
                 self.session,
                 insert_for(self.session, MembershipTable)
@@ -477,6 +564,19 @@ class Identity:
             )
             == 1
         )
+        return group_created, member_added
+
+    async def _event(self, type: str, at: datetime, **payload: Any) -> None:
+        """Append the audit event of a change (the caller's last write)."""
+        await append_event(self.session, type, self.actor, None, payload, at)
+
+    async def _group_events(
+        self, user: str, group: str, group_created: bool, member_added: bool, at: datetime
+    ) -> None:
+        if group_created:
+            await self._event("group.created", at, group=group)
+        if member_added:
+            await self._event("group.member_added", at, user=user, group=group)
 
     async def _records(self, users: Iterable[UserTable]) -> list[UserRecord]:
         users = list(users)
@@ -516,6 +616,17 @@ def _token_record(row: ApiTokenTable, user: str) -> TokenRecord:
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
     )
+
+
+def _token_payload(record: TokenRecord) -> dict[str, Any]:
+    """What the trail says about a token: never the secret, never its hash."""
+    return {
+        "token_id": record.id,
+        "user": record.user,
+        "name": record.name,
+        "prefix": record.prefix,
+        "expires_at": None if record.expires_at is None else record.expires_at.isoformat(),
+    }
 
 
 def _normalize_base32(secret: str) -> str:
