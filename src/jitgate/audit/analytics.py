@@ -1063,8 +1063,9 @@ def analyze(
 
 # --- time bounds from the command line / query string ---------------------------------
 
-_RELATIVE_RE: Final = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
+_RELATIVE_RE: Final = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS: Final[Mapping[str, timedelta]] = {
+    "s": timedelta(seconds=1),
     "m": timedelta(minutes=1),
     "h": timedelta(hours=1),
     "d": timedelta(days=1),
@@ -1073,7 +1074,7 @@ _UNITS: Final[Mapping[str, timedelta]] = {
 
 
 def parse_bound(text: str, now: datetime) -> datetime:
-    """A window bound: ``7d``/``24h``/``30m``/``2w`` before ``now``, an ISO date
+    """A window bound: ``7d``/``24h``/``30m``/``2w``/``90s`` before ``now``, an ISO date
     (midnight UTC) or an ISO datetime (UTC unless it has an offset).
 
     Raises :class:`ValueError` with a one-line message.

@@ -39,7 +39,8 @@ import rfc8785
 #: ``prev_hash`` of the first event of a trail.
 GENESIS: Final = "0" * 64
 
-_FIELDS: Final = (
+#: The fields an event's hash covers, in document order.
+EVENT_FIELDS: Final = (
     "seq",
     "id",
     "at",
@@ -79,7 +80,7 @@ class ChainEvent:
     payload_text: str | None = field(default=None, hash=False, compare=False, repr=False)
 
     def document(self) -> dict[str, Any]:
-        document = {name: getattr(self, name) for name in _FIELDS}
+        document = {name: getattr(self, name) for name in EVENT_FIELDS}
         document["payload"] = self.payload_data()
         return document
 
@@ -137,7 +138,7 @@ class ChainEvent:
         """Parse an exported event; ``ValueError`` if a field is missing or mistyped."""
         if not isinstance(data, Mapping):
             raise ValueError("an event is a JSON object")
-        missing = [name for name in (*_FIELDS, "hash") if name not in data]
+        missing = [name for name in (*EVENT_FIELDS, "hash") if name not in data]
         if missing:
             raise ValueError(f"event without {', '.join(missing)}")
         seq = data["seq"]

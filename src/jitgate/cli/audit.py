@@ -11,15 +11,16 @@ import asyncio
 import csv
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
 
+from jitgate.audit.analytics import parse_bound
+from jitgate.audit.chain import EVENT_FIELDS
 from jitgate.audit.checkpoint import Checkpoint
 from jitgate.audit.keys import (
     DEFAULT_KEY_FILENAME,
@@ -56,22 +57,12 @@ SigningKeyPath = Annotated[
     ),
 ]
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_when(value: str, option: str, now: datetime | None = None) -> datetime:
     """An ISO date/time (UTC if no offset) or an age like ``90d``, ``12h``."""
-    text = value.strip()
-    match = _RELATIVE.match(text)
-    if match:
-        seconds = int(match.group(1)) * _UNITS[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        fail(f"{option}: {value!r} is neither an ISO date/time nor an age like 30d or 12h")
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        return parse_bound(value, now or datetime.now(UTC))
+    except ValueError as exc:
+        fail(f"{option}: {exc}")
 
 
 def _signing_key_path(path: Path | None) -> Path:
@@ -322,19 +313,7 @@ def export_command(
     err_console.print(f"{count} events written to {output}", highlight=False)
 
 
-CSV_COLUMNS = (
-    "seq",
-    "id",
-    "at",
-    "type",
-    "actor",
-    "request_id",
-    "target",
-    "environment",
-    "payload",
-    "prev_hash",
-    "hash",
-)
+CSV_COLUMNS = (*EVENT_FIELDS, "hash")
 
 
 def _progress(total: int | None) -> Callable[..., None]:
