@@ -31,6 +31,7 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 
 from jitgate.store import Database, metadata, migrate
+from pgcluster import pg_cluster  # noqa: F401  (the private cluster with password auth)
 
 PG_ENV = "JITGATE_TEST_PG"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"

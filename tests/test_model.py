@@ -150,3 +150,39 @@ def test_from_record_reads_every_field() -> None:
     assert action.actor.groups == frozenset({"dba"})
     assert action.at.utcoffset() == timedelta(hours=1)
     assert action.attributes == {"ticket": "T-1"}
+
+
+_values = st.lists(st.none() | st.text(max_size=12), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=_values, second=_values)
+def test_bound_parameters_are_part_of_a_sql_fingerprint(
+    first: list[str | None], second: list[str | None]
+) -> None:
+    def digest(values: list[str | None]) -> str:
+        return fingerprint(
+            Action.create(
+                "sql",
+                "DELETE FROM t WHERE id = $1",
+                target="app",
+                environment="production",
+                attributes={"parameters": values},
+            )
+        )
+
+    assert (digest(first) == digest(second)) == (first == second)
+    # With parameters, never the fingerprint of the bare text (an approval of
+    # one is not an approval of the other).
+    bare = fingerprint(
+        Action.create("sql", "DELETE FROM t WHERE id = $1", target="app", environment="production")
+    )
+    assert digest(first) != bare
+
+
+def test_bound_parameters_must_be_strings_or_nulls() -> None:
+    with pytest.raises(InvalidAction, match="parameters"):
+        Action.create("sql", "SELECT $1", attributes={"parameters": [1]})
+    action = Action(kind=ActionKind.SQL, text="SELECT $1", attributes={"parameters": "7"})
+    with pytest.raises(InvalidAction, match="parameters"):
+        fingerprint(action)

@@ -79,6 +79,9 @@ async def test_openapi_document(api: ApiEnv) -> None:
         f"{API}/audit",
         f"{API}/grants",
         f"{API}/grants/{{id}}/revoke",
+        f"{API}/me",
+        f"{API}/policy",
+        f"{API}/audit/statements",
     }
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http",

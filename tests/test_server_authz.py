@@ -352,6 +352,35 @@ ENDPOINTS: dict[str, Endpoint] = {
         },
     ),
     "public-key": Endpoint("GET", f"{API}/audit/public-key", signing, None, everyone(200)),
+    "me": Endpoint("GET", f"{API}/me", no_request, None, everyone(200)),
+    "policy": Endpoint(
+        "GET",
+        f"{API}/policy",
+        no_request,
+        None,
+        dict.fromkeys(ROLES, FORBIDDEN)
+        | {"auditor": 200, "admin": 200, "service": 200, "submitter": 200}
+        | {"anonymous": UNAUTHENTICATED},
+    ),
+    "record-statements": Endpoint(
+        "POST",
+        f"{API}/audit/statements",
+        no_request,
+        {
+            "records": [
+                {
+                    "user": "ann",
+                    "target": "main",
+                    "environment": "production",
+                    "text": "SELECT 1",
+                    "decision": "allow",
+                }
+            ]
+        },
+        dict.fromkeys(ROLES, FORBIDDEN)
+        | {"admin": 202, "service": 202, "submitter": 202}
+        | {"anonymous": UNAUTHENTICATED},
+    ),
 }
 
 CELLS = [(endpoint, role) for endpoint in ENDPOINTS for role in ROLES]
@@ -397,6 +426,12 @@ async def test_authorization(api: ApiEnv, endpoint: str, role: str) -> None:
         listed = [g["id"] for g in response.json()["grants"]]
         sees = role in ("requester", "admin", "auditor")
         assert listed == ([view["id"]] if sees else []), (role, listed)
+    elif endpoint == "me":
+        assert response.json()["user"] == ROLES[role]
+    elif endpoint == "policy":
+        assert "production-dangerous" in response.json()["text"]
+    elif endpoint == "record-statements":
+        assert response.json() == {"recorded": 1}
     elif endpoint == "grant-revoke":
         assert response.json()["revoked_at"] is not None
         request = await api.call("root", "GET", f"{API}/requests/{view['request_id']}")

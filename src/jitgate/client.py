@@ -172,6 +172,21 @@ class Client:
         """``{"alg", "key_id", "pem"}``: the server's receipt signing key."""
         return self._call("GET", "/api/v1/audit/public-key")
 
+    def me(self) -> dict[str, Any]:
+        """``{"user", "groups", "roles"}``: who the token belongs to."""
+        return self._call("GET", "/api/v1/me")
+
+    def policy(self) -> dict[str, Any]:
+        """``{"sha256", "source", "text"}``: the policy in force (service
+        accounts, admins, auditors)."""
+        return self._call("GET", "/api/v1/policy")
+
+    def record_statements(self, records: builtins.list[Mapping[str, Any]]) -> int:
+        """Record gateway statements (``statement.executed``, one transaction;
+        service accounts and admins); how many were recorded."""
+        answer = self._call("POST", "/api/v1/audit/statements", {"records": records})
+        return int(answer.get("recorded", 0))
+
     def list_grants(
         self, *, active: bool = False, mine: bool = False, limit: int = 100
     ) -> builtins.list[dict[str, Any]]:

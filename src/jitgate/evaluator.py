@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from jitgate.actions.analyzers import analyze, analyze_text
 from jitgate.actions.findings import Analysis, Risk
-from jitgate.actions.model import TEXT_KINDS, Action, ActionKind, fingerprint
+from jitgate.actions.model import BOUND_PARAMETERS, TEXT_KINDS, Action, ActionKind, fingerprint
 from jitgate.policy import Decision, Outcome, Policy, default_policy
 
 #: Texts longer than this are analysed every time: caching a 10 MB statement
@@ -47,6 +47,13 @@ class Evaluator:
             maxsize=cache_size
         )(_text_fingerprint)
 
+    @property
+    def memoizes(self) -> bool:
+        """Whether a text's decision depends only on the text, target,
+        environment, user and groups (the policy has no conditions), so a
+        caller may remember it."""
+        return self._decisions is not None
+
     def analyze(self, action: Action) -> Analysis:
         if action.kind in TEXT_KINDS:
             if len(action.text) <= MAX_CACHED_TEXT:
@@ -55,13 +62,22 @@ class Evaluator:
         return analyze(action)
 
     def fingerprint(self, action: Action) -> str:
-        if action.kind in TEXT_KINDS and len(action.text) <= MAX_CACHED_TEXT:
+        if (
+            action.kind in TEXT_KINDS
+            and len(action.text) <= MAX_CACHED_TEXT
+            and BOUND_PARAMETERS not in action.attributes
+        ):
             return self._fingerprint(action.kind, action.text, action.target, action.environment)
         return fingerprint(action)
 
     def evaluate(self, action: Action) -> Decision:
         memo = self._decisions
-        if memo is None or action.kind not in TEXT_KINDS or len(action.text) > MAX_CACHED_TEXT:
+        if (
+            memo is None
+            or action.kind not in TEXT_KINDS
+            or len(action.text) > MAX_CACHED_TEXT
+            or action.attributes  # e.g. bound parameters: part of the fingerprint
+        ):
             return self._evaluate(action)
         decisions = memo[action.kind]
         actor = action.actor

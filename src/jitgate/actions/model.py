@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, Final
 
 
 class ActionKind(StrEnum):
@@ -116,6 +116,11 @@ class Action:
             at = _utcnow()
         elif at.tzinfo is None:
             raise InvalidAction("the action's time must carry a timezone")
+        bound = (attributes or {}).get(BOUND_PARAMETERS)
+        if bound is not None and not (
+            isinstance(bound, (list, tuple)) and all(v is None or isinstance(v, str) for v in bound)
+        ):
+            raise InvalidAction("attribute parameters must be a list of strings or nulls")
         return cls(
             kind=action_kind,
             text=text,
@@ -252,14 +257,37 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8", "surrogatepass")
 
 
+#: Attribute carrying the values bound to a prepared statement's parameters
+#: (a list of strings or nulls): they are part of what runs, so of the fingerprint.
+BOUND_PARAMETERS: Final = "parameters"
+
+
 def fingerprint(action: Action) -> str:
     """A stable identity of *what* is attempted and *where*.
 
     Covers the kind, the normalized payload, the target and the environment,
     not the actor or the time: an approval binds to this value, so the same
     text sent to another target, or changed by a single character, needs a new
-    approval.
+    approval. For SQL, the values bound to the statement's parameters
+    (attribute :data:`BOUND_PARAMETERS`) are covered too: ``DELETE ... WHERE id
+    = $1`` approved for 7 does not run for 8.
     """
+    bound = action.attributes.get(BOUND_PARAMETERS) if action.attributes else None
+    if bound is not None and action.kind is ActionKind.SQL:
+        if not isinstance(bound, (list, tuple)) or not all(
+            v is None or isinstance(v, str) for v in bound
+        ):
+            raise InvalidAction("parameters must be a list of strings or nulls")
+        body = canonical_json(
+            {
+                "kind": action.kind.value,
+                "payload": normalized_payload_text(action),
+                "parameters": list(bound),
+                "target": action.target,
+                "environment": action.environment,
+            }
+        )
+        return "sha256:" + hashlib.sha256(body).hexdigest()
     if action.kind in TEXT_KINDS:
         # Hot path (every SQL statement through a gateway): the same bytes as
         # canonical_json() of the dict below, without the generic walk.

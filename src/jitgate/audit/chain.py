@@ -22,13 +22,17 @@ integers within 2**53) in ~6 µs, and falls back to ``rfc8785`` when asked to
 be exact. :func:`matches` accepts an event if either serialization reproduces
 the stored hash: equal hashes mean equal bytes, and the stored hash was
 computed from the RFC 8785 bytes at append time, so the fast path never
-accepts anything the exact one would not.
+accepts anything the exact one would not. Faster still, :func:`raw_hash`
+hashes the document assembled around the payload text as stored, without
+parsing it (~1.5 µs an event, most of it SHA-256): what verifying a stored
+trail does for every event whose stored payload is already canonical.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,34 +102,24 @@ class ChainEvent:
         """Whether the event hashes to its stored ``hash``.
 
         Fast path: the stored payload text is usually already canonical, so
-        the canonical document is assembled around it without parsing it.
+        the canonical document is assembled around it without parsing it
+        (:func:`raw_hash`).
         """
         text = self.payload_text
         if text is not None:
-            raw = (
-                '{"actor":'
-                + _encode(self.actor)
-                + ',"at":'
-                + _encode(self.at)
-                + ',"environment":'
-                + _encode(self.environment)
-                + ',"id":'
-                + _encode(self.id)
-                + ',"payload":'
-                + text
-                + ',"prev_hash":'
-                + _encode(self.prev_hash)
-                + ',"request_id":'
-                + _encode(self.request_id)
-                + ',"seq":'
-                + str(self.seq)
-                + ',"target":'
-                + _encode(self.target)
-                + ',"type":'
-                + _encode(self.type)
-                + "}"
+            digest = raw_hash(
+                self.seq,
+                self.id,
+                self.at,
+                self.type,
+                self.actor,
+                self.request_id,
+                self.target,
+                self.environment,
+                text,
+                self.prev_hash,
             )
-            if hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest() == self.hash:
+            if digest == self.hash:
                 return True
         return matches(self.document(), self.hash)
 
@@ -167,13 +161,75 @@ class ChainEvent:
         )
 
 
-def _encode(value: str | None) -> str:
-    return "null" if value is None else _encode_string(value)
-
-
 _encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
     json.encoder.encode_basestring
 )
+
+
+#: In JSON text: a ``\\uXXXX`` escape (a surrogate pair as one), or an escaped
+#: backslash, matched so that what follows it is not taken for an escape.
+_ESCAPE: Final = re.compile(
+    r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|\\u([0-9a-fA-F]{4})"
+    r"|\\\\"
+)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    """The character an escape of non-ASCII text stands for, as RFC 8785 writes
+    it; anything else (control characters, lone surrogates, ``\\\\``) as it is."""
+    high, low, single = match.group(1, 2, 3)
+    if high is not None:
+        return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
+    if single is not None:
+        code = int(single, 16)
+        if code >= 0x7F and not 0xD800 <= code <= 0xDFFF:
+            return chr(code)
+    return match.group()
+
+
+def raw_hash(
+    seq: int,
+    id: str | None,
+    at: str | None,
+    type: str | None,
+    actor: str | None,
+    request_id: str | None,
+    target: str | None,
+    environment: str | None,
+    payload_text: str,
+    prev_hash: str | None,
+) -> str:
+    """The hash of the event document assembled around ``payload_text``, the
+    payload's JSON text as stored, without parsing it.
+
+    When that text is canonical (sorted keys, no whitespace, no floats: how
+    the store writes JSON) this is exactly :func:`event_hash` of the
+    document. The store escapes non-ASCII text (``\\u00e9``) where RFC 8785
+    writes the characters, so those escapes are decoded first, which changes
+    the text but not the JSON it spells. When the text is not canonical the
+    result simply differs from the stored hash and the caller falls back to
+    the exact path (:meth:`ChainEvent.intact`). Equal hashes mean equal
+    bytes, so a match is never wrong. The one place the canonical text is
+    built around stored rows: :meth:`ChainEvent.intact` and the verifier's
+    fast loop (:func:`jitgate.audit.verify.verify_rows`) both call it.
+    """
+    if "\\u" in payload_text:
+        payload_text = _ESCAPE.sub(_unescape, payload_text)
+    enc = _encode_string
+    text = (
+        f'{{"actor":{"null" if actor is None else enc(actor)}'
+        f',"at":{"null" if at is None else enc(at)}'
+        f',"environment":{"null" if environment is None else enc(environment)}'
+        f',"id":{"null" if id is None else enc(id)}'
+        f',"payload":{payload_text}'
+        f',"prev_hash":{"null" if prev_hash is None else enc(prev_hash)}'
+        f',"request_id":{"null" if request_id is None else enc(request_id)}'
+        f',"seq":{seq}'
+        f',"target":{"null" if target is None else enc(target)}'
+        f',"type":{"null" if type is None else enc(type)}}}'
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from jitgate.cli import admin, audit, evaluate, grants, policy, receipt, requests, run, serve
+from jitgate.cli import (
+    admin,
+    audit,
+    evaluate,
+    grants,
+    policy,
+    proxy,
+    receipt,
+    requests,
+    run,
+    serve,
+)
 
 app = typer.Typer(
     name="jitgate",
@@ -26,6 +37,7 @@ app.command("outcome")(requests.outcome_command)
 app.add_typer(requests.requests_app, name="requests")
 app.add_typer(grants.grants_app, name="grants")
 app.add_typer(receipt.app, name="receipt")
+app.add_typer(proxy.app, name="proxy")
 app.command(
     "run", context_settings={"allow_interspersed_args": False}
 )(run.run_command)

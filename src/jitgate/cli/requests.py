@@ -37,6 +37,7 @@ from jitgate.client import (
     View,
     WaitTimedOut,
 )
+from jitgate.service.views import describe_final, describe_waiting
 
 requests_app = typer.Typer(help="List and show approval requests.", no_args_is_help=True)
 
@@ -53,17 +54,6 @@ def client_call(call: Callable[[], Any]) -> Any:
         fail(str(error), EXIT_ERROR)
 
 
-def waiting_for(view: Mapping[str, Any]) -> str:
-    """Who must still act, in words."""
-    status = view.get("status", "?")
-    if status != "pending":
-        return str(status)
-    waiting = view.get("waiting_for") or {}
-    groups = " or ".join(waiting.get("groups") or []) or "?"
-    needed = waiting.get("approvals_needed", "?")
-    return f"waiting for {needed} approval(s) from {groups} (stage {waiting.get('stage', '?')})"
-
-
 class StatusLine:
     """A live status line: the request's state and the time spent waiting."""
 
@@ -74,7 +64,7 @@ class StatusLine:
     def __rich__(self) -> Text:
         elapsed = int(time.monotonic() - self.started)
         clock = f"{elapsed // 60}m{elapsed % 60:02d}s"
-        return Text(f"⏳ {self.view.get('id')}: {waiting_for(self.view)} · {clock}")
+        return Text(f"⏳ {self.view.get('id')}: {describe_waiting(self.view)} · {clock}")
 
 
 def wait_for_answer(client: Client, view: View, timeout: float | None, *, quiet: bool) -> View:
@@ -86,11 +76,11 @@ def wait_for_answer(client: Client, view: View, timeout: float | None, *, quiet:
 
     def follow() -> View:
         last = view
-        said = waiting_for(view)
+        said = describe_waiting(view)
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             for update in client.watch(str(view["id"]), timeout=remaining):
-                news = waiting_for(update)
+                news = describe_waiting(update)
                 if not interactive and not quiet and news != said:
                     err_console.print(f"{update.get('id')}: {news}")
                 said = news
@@ -115,17 +105,6 @@ def exit_code_for(view: Mapping[str, Any]) -> int:
     if status in {"expired", "cancelled"}:
         return EXIT_EXPIRED
     return EXIT_ERROR
-
-
-def describe_final(view: Mapping[str, Any]) -> str:
-    status = view.get("status")
-    if status == "denied":
-        denial = view.get("denial") or {}
-        return f"denied by {denial.get('by', '?')}: {denial.get('reason', '')}"
-    if status in {"approved", "executing", "executed"}:
-        approvers = [a.get("user") for s in view.get("stages", []) for a in s.get("approvals", [])]
-        return "approved by " + (", ".join(str(a) for a in approvers) or "break-glass")
-    return str(status)
 
 
 def request_command(
@@ -170,7 +149,7 @@ def request_command(
             raise typer.Exit(EXIT_OK)
         if not as_json:
             err_console.print(
-                f"held as [bold]{escape(view['id'])}[/]: {escape(waiting_for(view))}",
+                f"held as [bold]{escape(view['id'])}[/]: {escape(describe_waiting(view))}",
                 highlight=False,
             )
         try:
@@ -211,7 +190,7 @@ def _print_submission(
             highlight=False,
         )
     if view is not None:
-        console.print(f"request [bold]{escape(view['id'])}[/]: {escape(waiting_for(view))}")
+        console.print(f"request [bold]{escape(view['id'])}[/]: {escape(describe_waiting(view))}")
 
 
 def approve_command(
@@ -299,7 +278,7 @@ def list_command(
         table.add_row(
             view["id"], view["status"], view.get("requester", ""),
             action.get("environment", ""), printable(what)[:60],
-            waiting_for(view) if view["status"] == "pending" else "",
+            describe_waiting(view) if view["status"] == "pending" else "",
         )
     Console().print(table)
 

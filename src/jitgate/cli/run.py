@@ -14,14 +14,9 @@ from rich.markup import escape
 from jitgate.cli.common import EXIT_DENIED, EXIT_ERROR, EXIT_EXPIRED, err_console, fail
 from jitgate.cli.options import Token, Url
 from jitgate.cli.receipt import keep_receipt
-from jitgate.cli.requests import (
-    client_call,
-    describe_final,
-    exit_code_for,
-    wait_for_answer,
-    waiting_for,
-)
+from jitgate.cli.requests import client_call, exit_code_for, wait_for_answer
 from jitgate.client import ApiError, Client, ServerUnreachable, WaitTimedOut
+from jitgate.service.views import describe_final, describe_waiting
 
 
 def run_command(
@@ -60,9 +55,8 @@ def run_command(
             raise typer.Exit(EXIT_DENIED)
         if view is None:
             raise typer.Exit(_execute(command))
-        err_console.print(
-            f"held as [bold]{escape(view['id'])}[/]: {escape(waiting_for(view))}", highlight=False
-        )
+        said = escape(describe_waiting(view))
+        err_console.print(f"held as [bold]{escape(view['id'])}[/]: {said}", highlight=False)
         try:
             final = wait_for_answer(client, view, timeout, quiet=False)
         except WaitTimedOut:

@@ -35,8 +35,18 @@ def serve_command(
             help="Notification sinks (YAML: webhooks, Slack); see docs/notifications.md.",
         ),
     ] = None,
+    gateway: Annotated[
+        Path | None,
+        typer.Option(
+            "--gateway",
+            envvar="JITGATE_GATEWAY",
+            help="Run a PostgreSQL gateway in this process (YAML: listen, targets); "
+            "see docs/gateway-postgres.md.",
+        ),
+    ] = None,
 ) -> None:
-    """Run the approval service: REST API, live events, metrics."""
+    """Run the approval service: REST API, live events, metrics (and, with
+    --gateway, the PostgreSQL gateway)."""
     from jitgate.server.run import run_server
 
     compiled = load_policy_or_exit(policy)  # a broken policy stops start-up, with file:line
@@ -47,6 +57,13 @@ def serve_command(
             load_notify_config(notify)
         except NotifyConfigError as error:
             fail(str(error))
+    if gateway is not None:  # and a broken gateway config
+        from jitgate.gateways.postgres.config import GatewayConfigError, load_gateway_config
+
+        try:
+            load_gateway_config(gateway)
+        except GatewayConfigError as error:
+            fail(str(error))
     run_server(
         db_url=db,
         data_dir=data_dir(),
@@ -55,4 +72,5 @@ def serve_command(
         policy=compiled,
         signing_key_path=signing_key,
         notify_path=notify,
+        gateway_path=gateway,
     )

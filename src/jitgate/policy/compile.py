@@ -28,6 +28,7 @@ def compile_policy(
     source_map: SourceMap | None = None,
     *,
     source_sha256: str | None = None,
+    source_text: str | None = None,
 ) -> Policy:
     """Compile ``spec``; raise :class:`PolicyError` listing every problem."""
     where = source_map or SourceMap(source)
@@ -104,6 +105,7 @@ def compile_policy(
         spec=spec,
         source_map=source_map,
         source_sha256=source_sha256,
+        source_text=source_text,
     )
 
 

@@ -235,6 +235,9 @@ class Policy:
     #: bytes for :func:`load_policy`, the UTF-8 text for ``load_policy_text``);
     #: None when compiled from a spec built in code.
     source_sha256: str | None = None
+    #: The YAML text the policy was loaded from (``source_sha256`` is over its
+    #: UTF-8 bytes); None when compiled from a spec built in code.
+    source_text: str | None = field(default=None, repr=False)
     _index: dict[tuple[ActionKind, str | None], _Entry] = field(init=False, repr=False)
     _resolutions: dict[tuple[Rule, ...], _Resolution] = field(init=False, repr=False)
     #: Memo of reasons for analysis objects the caller's cache hands in again.

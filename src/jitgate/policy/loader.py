@@ -52,7 +52,9 @@ def _load(text: str, source: str, digest: str) -> Policy:
         raise PolicyError([where.problem((), f"the policy must be a mapping, not "
                                              f"{describe_type(data)}")])
     spec = validate(PolicySpec, data, where)
-    return compile_policy(spec, source=source, source_map=where, source_sha256=digest)
+    return compile_policy(
+        spec, source=source, source_map=where, source_sha256=digest, source_text=text
+    )
 
 
 def validate(model: type[M], data: Any, where: SourceMap, base: Path = ()) -> M:

@@ -29,6 +29,7 @@ from jitgate import __version__
 from jitgate.server.api import DEFAULT_HEARTBEAT_SECONDS, ERRORS, ApiContext, router
 from jitgate.server.api_analytics import analytics_router
 from jitgate.server.api_audit import router as audit_router
+from jitgate.server.api_gateway import router as gateway_router
 from jitgate.server.api_grants import router as grants_router
 from jitgate.server.api_receipts import router as receipts_router
 from jitgate.server.auth import AuthMiddleware, CurrentPrincipal
@@ -118,6 +119,7 @@ def create_app(
     app.include_router(analytics_router)
     app.include_router(grants_router)
     app.include_router(receipts_router)
+    app.include_router(gateway_router)
 
     @app.get(HEALTH_PATH, response_model=Health, tags=["meta"])
     async def healthz() -> dict[str, str]:

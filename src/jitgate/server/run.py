@@ -27,6 +27,10 @@ from fastapi import FastAPI
 
 from jitgate.audit.keys import DEFAULT_KEY_FILENAME, SigningKey
 from jitgate.evaluator import Evaluator
+from jitgate.gateways.inprocess import InProcessApprovals
+from jitgate.gateways.postgres.config import GatewayConfig, load_gateway_config
+from jitgate.gateways.postgres.gateway import PostgresGateway
+from jitgate.gateways.recorder import StatementRecorder
 from jitgate.notify import Notifier, load_notify_config
 from jitgate.policy import Policy, load_policy
 from jitgate.server.app import begin_shutdown, create_app
@@ -151,6 +155,7 @@ async def serve(
     policy_path: str | Path | None = None,
     signing_key_path: str | Path | None = None,
     notify_path: str | Path | None = None,
+    gateway_path: str | Path | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     metrics_public: bool = False,
     log_level: str | None = "info",
@@ -179,6 +184,9 @@ async def serve(
         policy = load_policy(policy_path)
     # ``notify_path``: sinks for notifications (docs/notifications.md); NotifyConfigError.
     notifier = Notifier(load_notify_config(notify_path)) if notify_path is not None else None
+    # ``gateway_path``: a PostgreSQL gateway run in this process
+    # (docs/gateway-postgres.md); GatewayConfigError.
+    gateway_config = load_gateway_config(gateway_path) if gateway_path is not None else None
     evaluator = Evaluator(policy)
     if signing_key_path is None and data_dir is None:
         # Nowhere to keep a key: sign with one that dies with the process
@@ -211,13 +219,41 @@ async def serve(
         )
         logger.info("serving %s on http://%s:%d", db.display_url, host, port)
         stopper = asyncio.create_task(_stop_on(shutdown, server)) if shutdown else None
+        gateway = None
         try:
+            if gateway_config is not None:
+                gateway = await start_gateway(gateway_config, service, f"http://{host}:{port}")
             await server.serve()
         finally:
+            if gateway is not None:
+                await gateway.stop()
+                await gateway.recorder.close()
             if stopper is not None:
                 stopper.cancel()
     finally:
         await db.close()
+
+
+async def start_gateway(
+    config: GatewayConfig, service: ApprovalService, url: str
+) -> PostgresGateway:
+    """The PostgreSQL gateway of ``config``, in this process, listening."""
+    port = InProcessApprovals(service, gateway=config.name)
+    recorder = StatementRecorder(
+        port,
+        max_batch=config.audit_batch.max_records,
+        max_delay=config.audit_batch.max_delay_ms / 1000,
+    )
+    recorder.start()
+    gateway = PostgresGateway(config, port, recorder, approve_url=url)
+    try:
+        await gateway.start()
+    except BaseException:
+        await recorder.close()
+        raise
+    host, bound = gateway.address
+    logger.info("postgres gateway %s on %s:%d", config.name, host, bound)
+    return gateway
 
 
 async def _stop_on(event: asyncio.Event, server: Server) -> None:
@@ -226,7 +262,7 @@ async def _stop_on(event: asyncio.Event, server: Server) -> None:
     server.begin_shutdown()
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:
@@ -243,5 +279,5 @@ def run_server(
     **options: Any,
 ) -> None:
     """Blocking :func:`serve` on a fresh event loop (uvloop when installed)."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(db_url, host=host, port=port, policy_path=policy_path, **options))

@@ -117,6 +117,7 @@ from jitgate.service.hub import Hub, wait_event
 from jitgate.service.listener import CHANNEL, Listener, asyncpg_dsn, notify_payload
 from jitgate.service.metrics import ChangeHook, ServiceStats, emit
 from jitgate.service.principal import Principal
+from jitgate.service.statements import record_statements as _record_statements
 from jitgate.service.throttle import AuthThrottle, FailureReport, TooManyFailures
 from jitgate.service.views import FINAL_STATUSES, request_view
 from jitgate.store import (
@@ -1076,6 +1077,13 @@ class ApprovalService:
             return new, events, meta
 
         return await self._mutate(principal, request_id, op)
+
+    async def record_statements(self, principal: Principal, records: Sequence[Any]) -> int:
+        """Append one ``statement.executed`` event per record (mappings or
+        ``StatementRecord`` objects), all in one transaction; how many. Service
+        accounts and admins for anyone, others for themselves only (403); see
+        :mod:`jitgate.service.statements` for the limits."""
+        return await _record_statements(self.db, principal, records, self._now())
 
     # --- grants -----------------------------------------------------------------------
 

@@ -11,12 +11,15 @@ import hashlib
 import json
 import os
 import queue
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import urllib.parse
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
-from typing import IO, Any, Final, cast
+from typing import IO, Any, Final, TypeVar, cast
 
 from sqlalchemy import Select, Table, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,10 +27,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from jitgate.audit.chain import ChainEvent, canonical_time
 from jitgate.audit.checkpoint import Checkpoint, sign_checkpoint
 from jitgate.audit.keys import SigningKey, TrustedKeys
-from jitgate.audit.verify import ARCHIVED_EVENT, Anchor, Problem, Verification, verify_chain
+from jitgate.audit.verify import (
+    ARCHIVED_EVENT,
+    Anchor,
+    Problem,
+    Row,
+    Verification,
+    verify_chain,
+    verify_rows,
+)
 from jitgate.store._common import aware, dialect_name, insert_for
-from jitgate.store.database import Database
-from jitgate.store.errors import InvalidValueError
+from jitgate.store.database import DEFAULT_BUSY_TIMEOUT_MS, SQLITE, Database
+from jitgate.store.errors import InvalidValueError, StoreError
 from jitgate.store.events import APPEND_LOCK_KEY, append_event, chain_head
 from jitgate.store.tables import AnchorTable, CheckpointTable, EventTable
 
@@ -36,6 +47,9 @@ EVENTS: Final = cast(Table, EventTable.__table__)
 BATCH: Final = 5000
 #: First line of an archive file.
 ARCHIVE_FORMAT: Final = "jitgate.audit.archive/v1"
+
+_Page = TypeVar("_Page")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -205,45 +219,54 @@ async def verify_pages(
     The verifier runs in a worker thread and pulls events from a small
     bounded queue, so memory stays at a few pages whatever the trail's size.
     """
-    handoff: queue.Queue[list[ChainEvent] | None] = queue.Queue(maxsize=4)
+    return await _consume_in_thread(
+        pages,
+        lambda events: verify_chain(chain.from_iterable(events), checkpoints, trusted, **options),
+    )
+
+
+async def _consume_in_thread(
+    pages: AsyncIterator[_Page], consume: Callable[[Iterator[_Page]], _R], depth: int = 2
+) -> _R:
+    """``consume(pages)`` in a worker thread, the pages read here, asynchronously.
+
+    At most ``depth`` pages wait between the two (memory stays at a few
+    pages), so reading the next page overlaps with checking this one.
+    """
+    loop = asyncio.get_running_loop()
+    handoff: queue.SimpleQueue[_Page | None] = queue.SimpleQueue()
+    space = asyncio.Semaphore(depth)
     stop = threading.Event()
 
-    def events() -> Iterator[ChainEvent]:
+    def received() -> Iterator[_Page]:
         while True:
             page = handoff.get()
+            loop.call_soon_threadsafe(space.release)
             if page is None:
                 return
-            yield from page
+            yield page
 
-    def run() -> Verification:
+    def run() -> _R:
         try:
-            return verify_chain(events(), checkpoints, trusted, **options)
+            return consume(received())
         finally:
             stop.set()  # the producer must not wait for a consumer that left
+            loop.call_soon_threadsafe(space.release)
 
     worker = asyncio.ensure_future(asyncio.to_thread(run))
     try:
         async for page in pages:
-            while not stop.is_set():
-                try:
-                    handoff.put_nowait(page)
-                    break
-                except queue.Full:
-                    await asyncio.sleep(0.001)
+            await space.acquire()
             if stop.is_set():
                 break
-        while not stop.is_set():
-            try:
-                handoff.put_nowait(None)
-                break
-            except queue.Full:
-                await asyncio.sleep(0.001)
+            handoff.put(page)
+        else:
+            handoff.put(None)
         return await worker
     finally:
         if not worker.done():
             stop.set()
-            with contextlib.suppress(queue.Full):
-                handoff.put_nowait(None)
+            handoff.put(None)
             await asyncio.gather(worker, return_exceptions=True)
 
 
@@ -253,12 +276,21 @@ _RAW_PAGE: Final = text(
 )
 
 
+def _sqlite_time(value: Any) -> str | None:
+    """``at`` as SQLite stores it (naive UTC text, as UTCDateTime wrote it) in
+    the chain's spelling; None for anything else."""
+    if isinstance(value, str) and len(value) == 26 and value[10] == " ":
+        return value[:10] + "T" + value[11:] + "+00:00"
+    return None
+
+
 def _raw_time(value: Any) -> str:
     # SQLite hands back the stored text (naive UTC, as UTCDateTime wrote it);
     # asyncpg a datetime.
     if isinstance(value, str):
-        if len(value) == 26 and value[10] == " ":
-            return value[:10] + "T" + value[11:] + "+00:00"
+        usual = _sqlite_time(value)
+        if usual is not None:
+            return usual
         parsed = datetime.fromisoformat(value)
         return canonical_time(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     return canonical_time(value)
@@ -309,18 +341,198 @@ async def verify_store(
     expect: Checkpoint | None = None,
 ) -> Verification:
     """Verify the stored trail (events, checkpoints, archive anchor) in one
-    read-only transaction, streaming the events."""
-    async with db.transaction(readonly=True) as session:
-        checkpoints = await list_checkpoints(session)
-        anchor = await get_anchor(session)
-        return await verify_pages(
-            _pages(session, 0 if anchor is None else anchor.seq),
-            checkpoints,
-            trusted,
-            anchor=anchor,
-            allow_unsigned=allow_unsigned,
-            expect=expect,
-        )
+    read-only transaction, streaming the events.
+
+    The rows are read as plain tuples, on a connection of the driver's own
+    (SQLite: a read-only ``sqlite3`` connection in a worker thread;
+    PostgreSQL: the pool's asyncpg connection, a server-side cursor in a
+    REPEATABLE READ READ ONLY transaction, checked in a worker thread while
+    the next page arrives), and checked by
+    :func:`~jitgate.audit.verify.verify_rows`: the same result as
+    :func:`~jitgate.audit.verify.verify_chain` over every event, without
+    making an object of each.
+    """
+    options: dict[str, Any] = {"allow_unsigned": allow_unsigned, "expect": expect}
+    if db.backend == SQLITE:
+        return await _verify_sqlite(db, trusted, options)
+    return await _verify_postgresql(db, trusted, options)
+
+
+#: Rows per page when verifying (small pages stay in the CPU caches).
+VERIFY_BATCH: Final = 2000
+
+#: The columns :func:`~jitgate.audit.verify.verify_rows` takes.
+_ROW_COLUMNS: Final = (
+    "seq, id, {at}, type, actor, request_id, target, environment, {payload}, prev_hash, hash"
+)
+
+
+def _verify_queries(at: str, payload: str, param: str) -> tuple[str, str, str]:
+    """The checkpoint, anchor and event queries, ``at`` read as ``at``."""
+    return (
+        f"SELECT seq, hash, {at}, key_id, signature FROM audit_checkpoints ORDER BY seq",
+        "SELECT seq, hash FROM audit_anchors ORDER BY seq DESC LIMIT 1",
+        f"SELECT {_ROW_COLUMNS.format(at=at, payload=payload)} FROM events"
+        f" WHERE seq > {param} ORDER BY seq",
+    )
+
+
+#: SQLite hands back what was stored: ``at`` as text (see :func:`_sqlite_time`),
+#: the payload as its JSON text.
+_SQLITE_QUERIES: Final = _verify_queries("at", "payload", "?")
+#: PostgreSQL spells ``at`` as the chain does (where a datetime can hold it; NULL
+#: otherwise, which no hash matches) and hands back the JSON text as stored.
+_POSTGRESQL_QUERIES: Final = _verify_queries(
+    "CASE WHEN at >= '0001-01-01 00:00:00+00' AND at < '10000-01-01 00:00:00+00'"
+    " THEN to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"') END",
+    "CAST(payload AS TEXT)",
+    "$1",
+)
+
+
+def _stored_time(value: Any) -> str:
+    """:func:`_raw_time`, and the value as text when it is no time at all (a
+    tampered row: it cannot match its hash)."""
+    try:
+        return _raw_time(value)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return str(value)
+
+
+def _text(value: Any) -> Any:
+    """A text column's value: text, or None (SQL NULL, which hashes as null)."""
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _row_event(row: Row) -> ChainEvent:
+    """The event :func:`~jitgate.audit.verify.verify_chain` checks for a stored row."""
+    payload = row[8]
+    if not isinstance(payload, str):
+        try:
+            payload = json.dumps(payload)
+        except (TypeError, ValueError):
+            payload = str(payload)
+    return ChainEvent(
+        seq=int(row[0]),
+        id=_text(row[1]),
+        at=_stored_time(row[2]),
+        type=_text(row[3]),
+        actor=_text(row[4]),
+        request_id=_text(row[5]),
+        target=_text(row[6]),
+        environment=_text(row[7]),
+        payload={},
+        prev_hash=_text(row[9]) or "",
+        hash=_text(row[10]) or "",
+        payload_text=payload,
+    )
+
+
+def _checkpoint(row: Row) -> Checkpoint:
+    return Checkpoint(
+        seq=int(row[0]),
+        hash=str(row[1]),
+        at=_stored_time(row[2]),
+        key_id=str(row[3]),
+        signature=str(row[4]),
+    )
+
+
+class _Cancelled(Exception):
+    """The awaiting task was cancelled: stop reading."""
+
+
+async def _verify_sqlite(
+    db: Database, trusted: TrustedKeys, options: dict[str, Any]
+) -> Verification:
+    target, timeout = _sqlite_target(db)
+    cancelled = threading.Event()
+
+    def run() -> Verification:
+        conn = sqlite3.connect(target, uri=True, timeout=timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            # One read transaction: checkpoints, anchor and events from one snapshot.
+            conn.execute("BEGIN")
+            checkpoints_sql, anchor_sql, events_sql = _SQLITE_QUERIES
+            checkpoints = [_checkpoint(r) for r in conn.execute(checkpoints_sql)]
+            row = conn.execute(anchor_sql).fetchone()
+            anchor = None if row is None else Anchor(int(row[0]), str(row[1]))
+            cursor = conn.execute(events_sql, (0 if anchor is None else anchor.seq,))
+
+            def pages() -> Iterator[list[Row]]:
+                while page := cursor.fetchmany(VERIFY_BATCH):
+                    if cancelled.is_set():
+                        raise _Cancelled
+                    yield page
+
+            return verify_rows(
+                pages(),
+                _row_event,
+                checkpoints,
+                trusted,
+                anchor=anchor,
+                time=_sqlite_time,
+                **options,
+            )
+        finally:
+            conn.close()
+
+    try:
+        return await asyncio.to_thread(run)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the audit trail from {db.display_url}: {exc}") from exc
+    finally:
+        cancelled.set()
+
+
+def _sqlite_target(db: Database) -> tuple[str, float]:
+    """The database as a read-only SQLite URI, and the busy timeout in seconds."""
+    args, kwargs = db.engine.dialect.create_connect_args(db.engine.url)
+    filename = str(args[0])
+    timeout = float(kwargs.get("timeout", DEFAULT_BUSY_TIMEOUT_MS / 1000))
+    if kwargs.get("uri"):
+        query = filename.partition("?")[2]
+        if not any(part.startswith("mode=") for part in query.split("&")):
+            filename += ("&" if query else "?") + "mode=ro"
+        return filename, timeout
+    return f"file:{urllib.parse.quote(os.path.abspath(filename))}?mode=ro", timeout
+
+
+async def _verify_postgresql(
+    db: Database, trusted: TrustedKeys, options: dict[str, Any]
+) -> Verification:
+    checkpoints_sql, anchor_sql, events_sql = _POSTGRESQL_QUERIES
+    async with db.engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        conn: Any = raw.driver_connection  # asyncpg's own connection
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            # Walk the primary key in order: without this the planner may sort the
+            # whole table first (on disk, for a big trail) before the first row.
+            await conn.execute("SET LOCAL enable_sort = off")
+            checkpoints = [_checkpoint(r) for r in await conn.fetch(checkpoints_sql)]
+            row = await conn.fetchrow(anchor_sql)
+            anchor = None if row is None else Anchor(int(row[0]), str(row[1]))
+            statement = await conn.prepare(events_sql)
+            cursor = await statement.cursor(0 if anchor is None else anchor.seq)
+
+            async def pages() -> AsyncGenerator[list[Row], None]:
+                # The next page is on its way while this one is checked.
+                pending = asyncio.ensure_future(cursor.fetch(VERIFY_BATCH))
+                try:
+                    while page := await pending:
+                        pending = asyncio.ensure_future(cursor.fetch(VERIFY_BATCH))
+                        yield page
+                finally:
+                    await asyncio.gather(pending, return_exceptions=True)
+
+            async with contextlib.aclosing(pages()) as read:
+                return await _consume_in_thread(
+                    read,
+                    lambda received: verify_rows(
+                        received, _row_event, checkpoints, trusted, anchor=anchor, **options
+                    ),
+                )
 
 
 # --- archiving ------------------------------------------------------------------------

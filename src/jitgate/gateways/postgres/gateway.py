@@ -1,0 +1,404 @@
+"""``jitgate proxy postgres``: the listener, the start-up handshake, cancels.
+
+A client connects and starts up as it would with PostgreSQL. The gateway
+answers SSLRequest as configured (TLS terminated here, or refused) and
+GSSENCRequest with "no", picks the target by the database name, asks for a
+password, which is the user's jitgate API token, and checks it with the
+approval service. Only then does it connect to the target's upstream with
+credentials the client never sees (SCRAM-SHA-256, md5 or cleartext, over TLS
+when the DSN asks for it), relays the upstream's parameters, hands out its
+own backend key, and leaves the connection to a :class:`Session`.
+
+A CancelRequest names the gateway's key: it withdraws a held statement, or
+is passed on to the upstream with the upstream's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import ssl
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from jitgate.gateways.port import ApprovalPort, ApprovalUnavailable, GatewayRefused
+from jitgate.gateways.postgres import protocol as pg
+from jitgate.gateways.postgres.config import (
+    GatewayConfig,
+    GatewayConfigError,
+    Target,
+    Upstream,
+)
+from jitgate.gateways.postgres.link import ConnectionClosed, Link
+from jitgate.gateways.postgres.session import Session
+from jitgate.gateways.postgres.upstream_auth import UpstreamAuthFailed, authenticate_upstream
+
+if TYPE_CHECKING:
+    from jitgate.gateways.recorder import StatementRecorder
+
+log = logging.getLogger("jitgate.gateway.postgres")
+
+#: Start-up parameters passed to the upstream. Anything else in a startup
+#: packet would set a server setting before any statement is seen
+#: (``session_replication_role=replica`` disables triggers), so it is dropped.
+PASSED_PARAMETERS: Final = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "extra_float_digits",
+        "intervalstyle",
+        "search_path",
+    }
+)
+STARTUP_TIMEOUT: Final = 30.0
+CONNECT_TIMEOUT: Final = 10.0
+
+
+class Refused(Exception):
+    """The connection is refused at start-up with this SQLSTATE and message."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+class PostgresGateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        port: ApprovalPort,
+        recorder: StatementRecorder,
+        *,
+        approve_url: str | None = None,
+    ) -> None:
+        self.config = config
+        self.port = port
+        self.recorder = recorder
+        self.approve_url = approve_url.rstrip("/") if approve_url else None
+        self.sessions: dict[int, Session] = {}
+        self._server: asyncio.Server | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._ssl = _server_tls(config)
+        self.connections = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._accept, self.config.listen.host, self.config.listen.port, reuse_address=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually listened on (port 0 in the config picks a free one)."""
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handshakes):
+            task.cancel()
+        for session in list(self.sessions.values()):
+            session.close("gateway stopping")
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.get(session.pid) is session:
+            del self.sessions[session.pid]
+
+    def approve_hint(self, request_id: str) -> str:
+        hint = f"jitgate approve {request_id}"
+        if self.approve_url:
+            hint += f" --url {self.approve_url}"
+        return hint
+
+    # --- start-up ---------------------------------------------------------------------
+
+    def _accept(self) -> Link:
+        link = Link(pg.MAX_STARTUP)
+        task = asyncio.get_running_loop().create_task(self._handshake(link))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+        return link
+
+    async def _handshake(self, client: Link) -> None:
+        self.connections += 1
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                session = await self._establish(client)
+        except Refused as refused:
+            client.write(pg.error_response(refused.sqlstate, refused.message, severity="FATAL"))
+            client.close()
+            return
+        except pg.ProtocolViolation as exc:
+            client.write(pg.error_response("08P01", f"jitgate: {exc}", severity="FATAL"))
+            client.close()
+            return
+        except (ConnectionClosed, ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            log.debug("start-up ended: %s", exc)
+            client.abort()
+            return
+        except asyncio.CancelledError:
+            client.abort()
+            raise
+        except Exception:
+            log.exception("start-up failed")
+            client.write(pg.error_response("XX000", "jitgate: internal error", severity="FATAL"))
+            client.close()
+            return
+        if session is not None:
+            session.start()
+
+    async def _establish(self, client: Link) -> Session | None:
+        loop = asyncio.get_running_loop()
+        tls = False
+        while True:
+            header = await client.read_exact(4)
+            packet = header + await client.read_exact(pg.startup_length(header) - 4)
+            request = pg.decode_startup(packet)
+            if isinstance(request, pg.SSLRequest):
+                if tls or self._ssl is None:
+                    client.write(b"N")
+                    continue
+                if client.buffered:
+                    # Bytes sent before the TLS handshake could be injected by anyone.
+                    raise pg.ProtocolViolation("data received after SSLRequest")
+                client.write(b"S")
+                assert client.transport is not None
+                transport = await loop.start_tls(
+                    client.transport, client, self._ssl, server_side=True
+                )
+                client.transport = cast(asyncio.Transport, transport)
+                tls = True
+                continue
+            if isinstance(request, pg.GSSENCRequest):
+                client.write(b"N")
+                continue
+            if isinstance(request, pg.CancelRequest):
+                self.cancel(request.pid, request.secret)
+                client.close()
+                return None
+            break
+        if self.config.tls_mode == "require" and not tls:
+            raise Refused("28000", "jitgate: this gateway requires TLS (sslmode=require)")
+        params = request.parameters
+        user = params.get("user")
+        if not user:
+            raise Refused("28000", "no user name in the startup packet")
+        if params.get("replication", "false").lower() not in ("false", "0", "no", "off"):
+            raise Refused("0A000", "jitgate does not relay replication connections")
+        database = params.get("database") or user
+        target = self.config.target_for(database)
+        if target is None:
+            raise Refused("3D000", f'jitgate has no target "{database}"')
+
+        client.write(pg.authentication(pg.AUTH_CLEARTEXT))
+        kind, body = await client.read_message()
+        if kind != ord("p"):
+            raise pg.ProtocolViolation("expected a password message")
+        secret = pg.password_message(body).decode("utf-8", "replace")
+        address = _peer(client)
+        try:
+            member = await self.port.authenticate(user, secret, address)
+        except ApprovalUnavailable as exc:
+            raise Refused("08006", f"jitgate: approval service unavailable ({exc})") from None
+        except GatewayRefused as exc:
+            raise Refused("28000", f"jitgate: {exc.message}") from None
+        finally:
+            del secret
+        if member is None:
+            raise Refused("28P01", f'password authentication failed for user "{user}"')
+
+        upstream, upstream_params, key, status, notices = await self._connect(target, params)
+        pid, cancel_secret = self._new_key()
+        ignored = sorted(
+            k
+            for k in params
+            if k not in ("user", "database") and k.lower() not in PASSED_PARAMETERS
+        )
+        greeting = [pg.authentication(pg.AUTH_OK)]
+        greeting += [pg.parameter_status(k, v) for k, v in upstream_params.items()]
+        greeting.append(pg.backend_key_data(pid, cancel_secret))
+        greeting += notices
+        if ignored:
+            greeting.append(
+                pg.notice_response(
+                    "jitgate: startup parameter(s) not passed on: " + ", ".join(ignored),
+                    hint="set them with SET, which the policy sees",
+                )
+            )
+        greeting.append(pg.ready_for_query(status))
+        client.write(b"".join(greeting))
+        client.max_message = self.config.max_message_bytes
+        session = Session(
+            self,
+            client,
+            upstream,
+            user=member,
+            target=target.name,
+            environment=target.environment,
+            client_address=address,
+            upstream_key=key,
+            parameters=upstream_params,
+            status=status,
+        )
+        session.pid, session.secret = pid, cancel_secret
+        self.sessions[pid] = session
+        return session
+
+    def _new_key(self) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbelow(2**31 - 2) + 1
+            if pid not in self.sessions:
+                return pid, secrets.randbits(32) - 2**31
+
+    async def _connect(
+        self, target: Target, client_params: Mapping[str, str]
+    ) -> tuple[Link, dict[str, str], tuple[int, int], bytes, list[bytes]]:
+        upstream = target.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                transport, link = await loop.create_connection(
+                    lambda: Link(2**31 - 1), upstream.host, upstream.port
+                )
+                try:
+                    return await self._upstream_startup(link, target, client_params)
+                except BaseException:
+                    transport.abort()
+                    raise
+        except UpstreamAuthFailed as exc:
+            log.error("target %s: upstream authentication failed: %s", target.name, exc)
+            raise Refused("08006", f"jitgate: cannot log in to target {target.name}") from None
+        except GatewayConfigError as exc:  # e.g. the password file went missing
+            log.error("target %s: %s", target.name, exc)
+            raise Refused("08006", f"jitgate: target {target.name} is misconfigured") from None
+        except (OSError, TimeoutError, ConnectionClosed, ssl.SSLError) as exc:
+            log.error("target %s: cannot connect upstream: %s", target.name, exc)
+            raise Refused("08006", f"jitgate: target {target.name} is unreachable") from None
+
+    async def _upstream_startup(
+        self, link: Link, target: Target, client_params: Mapping[str, str]
+    ) -> tuple[Link, dict[str, str], tuple[int, int], bytes, list[bytes]]:
+        upstream = target.upstream
+        context = _client_tls(upstream)
+        if context is not None:
+            link.write(pg.SSL_REQUEST_PACKET)
+            answer = await link.read_exact(1)
+            if answer == b"S":
+                assert link.transport is not None
+                transport = await asyncio.get_running_loop().start_tls(
+                    link.transport,
+                    link,
+                    context,
+                    server_hostname=upstream.host if context.check_hostname else None,
+                )
+                link.transport = cast(asyncio.Transport, transport)
+            elif upstream.sslmode != "prefer":
+                raise ConnectionError("the upstream does not accept TLS")
+        params = {"user": upstream.user, "database": upstream.dbname}
+        if upstream.application_name:
+            params["application_name"] = upstream.application_name
+        for name, value in client_params.items():
+            if name.lower() in PASSED_PARAMETERS:
+                params[name] = value
+        link.write(pg.startup_message(params))
+
+        async def send(data: bytes) -> None:
+            link.write(data)
+
+        password = upstream.resolve_password()
+        await authenticate_upstream(link.read_message, send, user=upstream.user, password=password)
+        settings: dict[str, str] = {}
+        notices: list[bytes] = []
+        key = (0, 0)
+        while True:
+            kind, body = await link.read_message()
+            if kind == ord("S"):
+                name, value = pg.decode_parameter_status(body)
+                settings[name] = value
+            elif kind == ord("K"):
+                key = pg.decode_backend_key_data(body)
+            elif kind == ord("N"):
+                notices.append(pg.message(b"N", body))
+            elif kind == ord("E"):
+                fields = pg.decode_fields(body)
+                raise Refused(fields.get("C", "08006"), fields.get("M", "upstream error"))
+            elif kind == ord("Z"):
+                return link, settings, key, body[:1] or b"I", notices
+            else:
+                raise pg.ProtocolViolation(f"unexpected {chr(kind)!r} from the upstream at startup")
+
+    # --- cancel ----------------------------------------------------------------------
+
+    def cancel(self, pid: int, secret: int) -> None:
+        session = self.sessions.get(pid)
+        if session is None or not hmac.compare_digest(
+            session.secret.to_bytes(4, "big", signed=True), secret.to_bytes(4, "big", signed=True)
+        ):
+            return
+        if session.cancel():
+            return
+        task = asyncio.get_running_loop().create_task(self._cancel_upstream(session))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _cancel_upstream(self, session: Session) -> None:
+        target = self.config.target_for(session.target)
+        if target is None:
+            return
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _reader, writer = await asyncio.open_connection(
+                    target.upstream.host, target.upstream.port
+                )
+                writer.write(pg.cancel_request(*session.upstream_key))
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel for session %s not delivered: %s", session.id, exc)
+
+
+def _peer(link: Link) -> str:
+    if link.transport is None:
+        return ""
+    peer: Any = link.transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+def _server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
+    tls = config.tls
+    if tls is None or tls.mode == "disable" or tls.cert is None or tls.key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def _client_tls(upstream: Upstream) -> ssl.SSLContext | None:
+    mode = upstream.sslmode
+    if mode in (None, "disable", "allow"):
+        return None
+    context = ssl.create_default_context(cafile=upstream.sslrootcert)
+    if mode in ("prefer", "require"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif mode == "verify-ca":
+        context.check_hostname = False
+    return context

@@ -1,0 +1,928 @@
+"""One client's session through the gateway: relay, classify, hold.
+
+Messages from the client are framed and, where they carry SQL (Query, and
+Execute of a bound prepared statement), classified; everything else is
+relayed as raw bytes. The gateway keeps, for every message it forwarded, what
+response completes it (:class:`_Expect`), so it always knows where the
+upstream is in the conversation. That is what lets it
+
+* answer for the upstream at the right place: a denial is written to the
+  client only once every response to what came before it has been relayed;
+* hold a statement: nothing after it is processed until it is released or
+  refused, while the client simply waits;
+* know what each statement did: its command tag or error, and its duration.
+
+Prepared statements and portals are tracked optimistically as the client
+defines them and rolled back when the upstream refuses a definition (the
+error, and everything the upstream then skips until Sync, undoes them), so the
+text classified at Execute is the text the upstream runs. A Bind or Execute
+that depends on definitions sent before an earlier Sync and not yet answered
+waits for those answers first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import pglast
+from pglast import ast
+
+from jitgate.actions.model import Action, ActionKind, Actor, fingerprint
+from jitgate.gateways.port import ApprovalUnavailable, GatewayRefused, GatewayUser, StatementRecord
+from jitgate.gateways.postgres import protocol as pg
+from jitgate.gateways.postgres.link import Link
+from jitgate.policy import Decision, Outcome
+from jitgate.service.views import describe_final, describe_waiting
+
+if TYPE_CHECKING:
+    from jitgate.gateways.postgres.gateway import PostgresGateway
+
+log = logging.getLogger("jitgate.gateway.postgres")
+
+# Message type bytes.
+_Q, _P, _B, _E, _D, _C, _S, _H, _X, _F = (ord(c) for c in "QPBEDCSHXF")
+_COPY_DATA, _COPY_DONE, _COPY_FAIL = ord("d"), ord("c"), ord("f")
+_ROW = ord("D")
+_ERROR, _READY, _COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "EZCIs")
+_PARSED, _BOUND, _CLOSED, _PARAMS, _ROWDESC, _NODATA = (ord(c) for c in "123tTn")
+_PARAMETER_STATUS, _FUNCTION_RESULT = ord("S"), ord("V")
+#: Command tags of SQL that creates or drops prepared statements by name.
+_REDEFINING_TAGS: Final = ("PREPARE", "DEALLOCATE", "DISCARD")
+
+_INSUFFICIENT_PRIVILEGE: Final = "42501"
+_QUERY_CANCELED: Final = "57014"
+_PROTOCOL_VIOLATION: Final = "08P01"
+
+#: Client encodings whose bytes Python decodes exactly as PostgreSQL does.
+_CODECS: Final = {
+    "UTF8": "utf-8",
+    "UNICODE": "utf-8",
+    "SQL_ASCII": "ascii",
+    "LATIN1": "latin-1",
+    "LATIN2": "iso8859-2",
+    "LATIN9": "iso8859-15",
+    "WIN1250": "cp1250",
+    "WIN1251": "cp1251",
+    "WIN1252": "cp1252",
+    "SJIS": "shift_jis",
+    "BIG5": "big5",
+    "GBK": "gbk",
+    "UHC": "cp949",
+    "GB18030": "gb18030",
+    "EUC_JP": "euc_jp",
+    "EUC_KR": "euc_kr",
+    "KOI8R": "koi8-r",
+}
+#: Texts of allowed statements remembered per session (policy without conditions only).
+_ALLOWED_CACHE: Final = 2048
+_MAX_CACHED_TEXT: Final = 8192
+
+
+@dataclass(slots=True)
+class _Statement:
+    """A statement on its way through: what it was, what it did."""
+
+    text: str
+    decision: str
+    started: float
+    request_id: str | None = None
+    parameters: list[str | None] | None = None
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
+    skipped: bool = False
+
+
+@dataclass(slots=True)
+class _Expect:
+    """A forwarded message and the response that completes it."""
+
+    kind: int
+    statement: _Statement | None = None
+    #: Undo of the optimistic change a Parse, Bind or Close made to our maps.
+    undo: tuple[str, str, Any] | None = None
+    batch: int = 0
+    #: Describe of a statement completes after two responses.
+    steps: int = 1
+    #: Our own error to show the client instead of the upstream's (see _refuse).
+    replace_error: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """A portal: the statement text and the values bound to it."""
+
+    text: str | None
+    params: tuple[bytes | None, ...]
+    formats: tuple[int, ...]
+    released: bool = False
+
+    def rendered(self) -> list[str | None]:
+        """The values as an approver reads them: text as is, binary as ``\\x`` hex."""
+        formats = self.formats
+        out: list[str | None] = []
+        for i, value in enumerate(self.params):
+            binary = bool(formats) and (formats[0] if len(formats) == 1 else formats[i]) == 1
+            if value is None:
+                out.append(None)
+            elif binary:
+                out.append("\\x" + value.hex())
+            else:
+                out.append(value.decode("utf-8", "backslashreplace"))
+        return out
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A message the session stopped at: held for approval or refused."""
+
+    kind: int
+    raw: bytes
+    text: str
+    decision: Decision | None
+    portal: str | None = None
+    bound: _Bound | None = None
+    refusal: str | None = None
+
+
+_MISSING: Final = object()
+
+
+class Session:
+    """The relay between one client and its upstream connection."""
+
+    def __init__(
+        self,
+        gateway: PostgresGateway,
+        client: Link,
+        upstream: Link,
+        *,
+        user: GatewayUser,
+        target: str,
+        environment: str,
+        client_address: str,
+        upstream_key: tuple[int, int],
+        parameters: Mapping[str, str],
+        status: bytes,
+    ) -> None:
+        self.gateway = gateway
+        self.client = client
+        self.upstream = upstream
+        self.user = user
+        self.actor = Actor(user.name, user.groups)
+        self.target = target
+        self.environment = environment
+        self.client_address = client_address
+        self.upstream_key = upstream_key
+        self.id = secrets.token_hex(6)
+        self.pid = 0
+        self.secret = 0
+        self.status = status
+        self.cframes = pg.Frames(gateway.config.max_message_bytes)
+        self.uframes = pg.Frames(2**31)
+        self.expect: deque[_Expect] = deque()
+        self.statements: dict[str, str | None] = {}
+        self.portals: dict[str, _Bound] = {}
+        self.batch = 0
+        self.batch_has_execute = False
+        self.failed_batch = False
+        self.discarding = False
+        self.blocked = False
+        self.pending: _Pending | None = None
+        self._idle: list[Callable[[], None]] = []
+        self._in_idle = False
+        self._hold_task: asyncio.Task[None] | None = None
+        self._cancel_hold: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._allowed: dict[str, Decision] = {}
+        self._evaluator = gateway.port.evaluator
+        self._codec = "utf-8"
+        self._refusal: str | None = None
+        self.parameters = dict(parameters)
+        for name, value in parameters.items():
+            self._parameter(name, value)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.client.peer = self.upstream
+        self.upstream.peer = self.client
+        self.client.on_lost = lambda _exc: self.close("client disconnected")
+        self.upstream.on_lost = lambda _exc: self.close("upstream disconnected")
+        self.upstream.relay(self._from_upstream)
+        self.client.relay(self._from_client)
+
+    def close(self, why: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        log.debug("session %s closing: %s", self.id, why)
+        if self._hold_task is not None and not self._hold_task.done():
+            self._hold_task.cancel()
+        for expect in self.expect:
+            if expect.statement is not None:
+                expect.statement.error = expect.statement.error or f"connection closed ({why})"
+                self._finish(expect.statement)
+        self.expect.clear()
+        self.upstream.close()
+        self.client.close()
+        self.gateway.forget(self)
+
+    def fatal(self, sqlstate: str, text: str) -> None:
+        """End the session with a FATAL error to the client."""
+        self.client.write(pg.error_response(sqlstate, text, severity="FATAL"))
+        self.close(text)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- classification ---------------------------------------------------------------
+
+    def _parameter(self, name: str, value: str) -> None:
+        self.parameters[name] = value
+        if name == "client_encoding":
+            codec = _CODECS.get(value.upper().replace("-", "").replace("_", "")) or _CODECS.get(
+                value.upper()
+            )
+            self._codec = codec or ""
+        self._refusal = None
+        if not self._codec:
+            enc = self.parameters.get("client_encoding")
+            self._refusal = f"jitgate cannot read statements in client_encoding {enc}"
+        elif self.parameters.get("standard_conforming_strings", "on") != "on":
+            # With it off, backslashes escape quotes: the parser jitgate uses
+            # would see different statements than the server runs.
+            self._refusal = "jitgate requires standard_conforming_strings = on"
+        self._allowed.clear()
+
+    def _decode(self, data: bytes) -> str:
+        return data.decode(self._codec or "utf-8", "replace")
+
+    def _decide(self, text: str) -> Decision:
+        evaluator = self.gateway.port.evaluator
+        if evaluator is not self._evaluator:
+            self._evaluator = evaluator
+            self._allowed.clear()
+        known = self._allowed.get(text)
+        if known is not None:
+            return known
+        action = Action(
+            kind=ActionKind.SQL,
+            text=text,
+            target=self.target,
+            environment=self.environment,
+            actor=self.actor,
+            at=datetime.now(UTC),
+        )
+        decision = evaluator.evaluate(action)
+        if (
+            decision.outcome is Outcome.ALLOW
+            and evaluator.memoizes
+            and len(text) <= _MAX_CACHED_TEXT
+        ):
+            if len(self._allowed) >= _ALLOWED_CACHE:
+                del self._allowed[next(iter(self._allowed))]
+            self._allowed[text] = decision
+        return decision
+
+    # --- client -> upstream -----------------------------------------------------------
+
+    def _from_client(self, data: bytes) -> None:
+        self.cframes.feed(data)
+        if len(self.cframes) > 4 * 1024 * 1024:
+            self.client.hold_reading("backlog")
+        self._pump()
+
+    def _pump(self) -> None:
+        if self.blocked or self._closing:
+            return
+        frames = self.cframes
+        out: list[bytes] = []
+        run = frames.position
+        try:
+            while not self.blocked:
+                start = frames.position
+                kind = frames.skip()
+                if kind is None:
+                    break
+                end = frames.end
+                if self.discarding:
+                    if kind == _S:
+                        self.discarding = False
+                        self._expect(_Expect(_S))
+                        self._sync()
+                        continue
+                    if run < start:
+                        out.append(frames.span(run, start))
+                    run = end
+                    continue
+                if kind in (_COPY_DATA, _H, _COPY_DONE, _COPY_FAIL):
+                    continue
+                verdict = self._client_message(kind, start, end)
+                if verdict is _FORWARD:
+                    continue
+                if run < start:
+                    out.append(frames.span(run, start))
+                if verdict is _DROP:
+                    run = end
+                    continue
+                if verdict is _AGAIN:
+                    frames.rewind(start)
+                run = frames.position
+                break
+            if run < frames.position:
+                out.append(frames.span(run, frames.position))
+            if self.blocked and self.expect:
+                # The server holds back responses until Sync or Flush; we need
+                # them all before deciding on the message we stopped at.
+                out.append(pg.FLUSH)
+        except pg.ProtocolViolation as exc:
+            if out:
+                self.upstream.write(b"".join(out))
+            self.fatal(_PROTOCOL_VIOLATION, f"jitgate: {exc}")
+            return
+        if out:
+            self.upstream.write(b"".join(out) if len(out) > 1 else out[0])
+        if len(self.cframes) < 1024 * 1024:
+            self.client.release_reading("backlog")
+        self._run_idle()
+
+    def _expect(self, expect: _Expect) -> None:
+        self.expect.append(expect)
+
+    def _sync(self) -> None:
+        self.batch += 1
+        self.batch_has_execute = False
+
+    def _client_message(self, kind: int, start: int, end: int) -> object:
+        frames = self.cframes
+        if kind == _Q:
+            text = self._decode(pg.query_text(frames.span(start + 5, end)))
+            return self._statement(_Q, frames.span(start, end), text, None, None)
+        if kind == _P:
+            parse = pg.decode_parse(frames.span(start + 5, end))
+            prev = self.statements.get(parse.name, _MISSING)
+            self.statements[parse.name] = self._decode(parse.query)
+            self._expect(_Expect(_P, undo=("statement", parse.name, prev), batch=self.batch))
+            return _FORWARD
+        if kind == _B:
+            if self._stale():
+                return self._wait_idle()
+            bind = pg.decode_bind(frames.span(start + 5, end))
+            prev = self.portals.get(bind.portal, _MISSING)
+            self.portals[bind.portal] = _Bound(
+                self.statements.get(bind.statement), bind.params, bind.param_formats
+            )
+            self._expect(_Expect(_B, undo=("portal", bind.portal, prev), batch=self.batch))
+            return _FORWARD
+        if kind == _E:
+            if self._stale():
+                return self._wait_idle()
+            portal, _max_rows = pg.decode_execute(frames.span(start + 5, end))
+            bound = self.portals.get(portal)
+            raw = frames.span(start, end)
+            if bound is None or bound.text is None:
+                return self._block(
+                    _Pending(
+                        _E,
+                        raw,
+                        "",
+                        None,
+                        portal,
+                        bound,
+                        refusal=f"jitgate does not know portal {portal!r} (it was not bound "
+                        "through this connection's protocol messages)",
+                    )
+                )
+            if bound.released:
+                stmt = _Statement(bound.text, "require_approval", time.perf_counter())
+                self._expect(_Expect(_E, statement=stmt))
+                self.batch_has_execute = True
+                return _FORWARD
+            return self._statement(_E, raw, bound.text, portal, bound)
+        if kind in (_D, _C):
+            what, name = pg.decode_target(
+                frames.span(start + 5, end), "Describe" if kind == _D else "Close"
+            )
+            if kind == _D:
+                self._expect(_Expect(_D, steps=2 if what == "S" else 1))
+                return _FORWARD
+            undo: tuple[str, str, Any]
+            if what == "S":
+                undo = ("statement", name, self.statements.pop(name, _MISSING))
+            else:
+                undo = ("portal", name, self.portals.pop(name, _MISSING))
+            self._expect(_Expect(_C, undo=undo, batch=self.batch))
+            return _FORWARD
+        if kind == _S:
+            self._expect(_Expect(_S))
+            self._sync()
+            return _FORWARD
+        if kind == _X:
+            self._closing_after_terminate()
+            return _FORWARD
+        if kind == _F:
+            return self._block(
+                _Pending(
+                    _F,
+                    frames.span(start, end),
+                    "",
+                    None,
+                    refusal="jitgate does not allow the function call protocol message "
+                    "(call the function in a statement instead)",
+                )
+            )
+        raise pg.ProtocolViolation(f"unexpected message type {chr(kind)!r} from the client")
+
+    def _closing_after_terminate(self) -> None:
+        # The upstream closes its side after Terminate; the client then sees EOF.
+        self.client.hold_reading("terminated")
+
+    def _stale(self) -> bool:
+        """Whether definitions sent before an earlier Sync are still unanswered."""
+        batch = self.batch
+        return any(expect.undo is not None and expect.batch < batch for expect in self.expect)
+
+    def _wait_idle(self) -> object:
+        self.blocked = True
+        self._when_idle(self._unblock)
+        return _AGAIN
+
+    def _statement(
+        self, kind: int, raw: bytes, text: str, portal: str | None, bound: _Bound | None
+    ) -> object:
+        refusal = self._refusal
+        if refusal is None and not self.gateway.recorder.accepting:
+            refusal = "jitgate cannot record statements right now (audit backlog full)"
+        if refusal is not None:
+            return self._block(_Pending(kind, raw, text, None, portal, bound, refusal=refusal))
+        decision = self._decide(text)
+        if decision.outcome is Outcome.ALLOW:
+            stmt = _Statement(text, "allow", time.perf_counter())
+            self._expect(_Expect(kind, statement=stmt))
+            if kind == _E:
+                self.batch_has_execute = True
+            return _FORWARD
+        return self._block(_Pending(kind, raw, text, decision, portal, bound))
+
+    def _block(self, pending: _Pending) -> object:
+        self.blocked = True
+        self.pending = pending
+        self._when_idle(self._resolve)
+        return _STOP
+
+    def _when_idle(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every forwarded message has been answered (after
+        what is being written now: see :meth:`_run_idle`)."""
+        self._idle.append(callback)
+
+    def _run_idle(self) -> None:
+        # A loop, not recursion: a callback may unblock the pump, which may
+        # block again on the next message (many refused statements in a row).
+        if self._in_idle:
+            return
+        self._in_idle = True
+        try:
+            while self._idle and not self.expect and not self._closing:
+                self._idle.pop(0)()
+        finally:
+            self._in_idle = False
+
+    def _unblock(self) -> None:
+        self.blocked = False
+        self.pending = None
+        self._pump()
+
+    # --- held and refused statements ----------------------------------------------------
+
+    def _resolve(self) -> None:
+        """Every response before the pending message is in: refuse or hold it."""
+        pending = self.pending
+        assert pending is not None
+        if pending.kind == _E and self.failed_batch:
+            # The upstream is skipping to Sync after an error: so would this Execute.
+            self._unblock()
+            return
+        if pending.refusal is not None:
+            self._record_refused(pending, pending.refusal)
+            self._refuse(pending, pg.error_response(_INSUFFICIENT_PRIVILEGE, pending.refusal))
+            return
+        decision = pending.decision
+        assert decision is not None
+        if decision.outcome is Outcome.DENY:
+            why = decision.message or "; ".join(decision.reasons) or "denied by policy"
+            self._record_refused(pending, why)
+            self._refuse(
+                pending,
+                pg.error_response(
+                    _INSUFFICIENT_PRIVILEGE,
+                    f"jitgate: denied by policy: {why}",
+                    detail=_rules_detail(decision),
+                ),
+            )
+            return
+        self._cancel_hold = asyncio.Event()
+        self._hold_task = asyncio.get_running_loop().create_task(self._hold(pending))
+
+    def _refuse(self, pending: _Pending, error: bytes) -> None:
+        """Answer the pending message with ``error`` and go on, as the protocol expects."""
+        if pending.kind in (_Q, _F):
+            self.client.write(error + pg.ready_for_query(self.status))
+        elif not self.batch_has_execute:
+            # Nothing in this batch changed anything upstream: answer for it and
+            # skip to Sync as the server would; the transaction stays usable.
+            self.client.write(error)
+            self.discarding = True
+        else:
+            # Earlier statements of this batch ran: the batch must fail as a
+            # whole upstream too. A Describe of a statement that cannot exist
+            # makes the upstream fail it right here; the client sees our error.
+            marker = "jitgate:refused:" + secrets.token_hex(8)
+            self.upstream.write(pg.describe_statement(marker))
+            self._expect(_Expect(_D, steps=2, replace_error=error))
+        self._unblock()
+
+    def _release(self, pending: _Pending, request_id: str | None, params: Any) -> None:
+        stmt = _Statement(pending.text, "require_approval", time.perf_counter(), request_id)
+        stmt.parameters = params
+        self._expect(_Expect(pending.kind, statement=stmt))
+        if pending.kind == _E:
+            self.batch_has_execute = True
+            if pending.portal is not None and pending.bound is not None:
+                self.portals[pending.portal] = _Bound(
+                    pending.bound.text, pending.bound.params, pending.bound.formats, released=True
+                )
+        self.upstream.write(pending.raw)
+        self._unblock()
+
+    async def _hold(self, pending: _Pending) -> None:
+        params = pending.bound.rendered() if pending.bound is not None else None
+        body: dict[str, Any] = {
+            "kind": "sql",
+            "text": pending.text,
+            "target": self.target,
+            "env": self.environment,
+            "attributes": {"gateway": self.gateway.config.name, "session": self.id},
+        }
+        if params is not None:
+            body["attributes"]["parameters"] = params
+        request_id: str | None = None
+        port = self.gateway.port
+        try:
+            try:
+                submitted = await port.submit(self.user, body)
+            except GatewayRefused as refused:
+                self._refuse_held(pending, f"jitgate: not held: {refused.message}")
+                return
+            if submitted.outcome == "allow" or submitted.grant is not None:
+                self._release(pending, None, params)
+                return
+            if submitted.outcome != "require_approval" or submitted.request is None:
+                why = submitted.decision.get("message") or "; ".join(
+                    submitted.decision.get("reasons") or ()
+                )
+                self._refuse_held(pending, f"jitgate: denied by policy: {why or 'denied'}")
+                return
+            view = submitted.request
+            request_id = str(view["id"])
+            self.client.write(self._held_notice(view))
+            final = await self._wait(request_id)
+            if final is None:
+                return  # refused in _wait
+            if final.get("status") != "approved":
+                self._refuse_held(
+                    pending, f"jitgate: request {request_id} {describe_final(final)}; not run"
+                )
+                request_id = None
+                return
+            digest = fingerprint(
+                Action(
+                    kind=ActionKind.SQL,
+                    text=pending.text,
+                    target=self.target,
+                    environment=self.environment,
+                    attributes={"parameters": params} if params is not None else {},
+                )
+            )
+            await port.authorize(self.user, request_id, digest)
+            self.client.write(
+                pg.notice_response(f"jitgate: {request_id} {describe_final(final)}; running")
+            )
+            self._release(pending, request_id, params)
+            request_id = None
+        except ApprovalUnavailable as exc:
+            self._refuse_held(pending, f"jitgate: approval service unavailable ({exc}); not run")
+        except GatewayRefused as refused:
+            self._refuse_held(pending, f"jitgate: {refused.message}; not run")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: hold failed", self.id)
+            self._refuse_held(pending, "jitgate: internal error while holding; not run")
+        finally:
+            if request_id is not None:
+                # Not released: the request must not stay pending for a statement
+                # that can no longer run.
+                self._spawn(self._cancel_request(request_id))
+
+    async def _cancel_request(self, request_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.gateway.port.cancel(self.user, request_id)
+
+    async def _wait(self, request_id: str) -> Mapping[str, Any] | None:
+        """The request's view once it is no longer pending; None if the wait ended
+        otherwise (timeout, cancel: answered here)."""
+        assert self._cancel_hold is not None
+        pending = self.pending
+        assert pending is not None
+        cancelled = asyncio.ensure_future(self._cancel_hold.wait())
+        waiting = asyncio.ensure_future(self._follow(request_id))
+        try:
+            done, _ = await asyncio.wait(
+                {cancelled, waiting},
+                timeout=self.gateway.config.hold_timeout_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in (cancelled, waiting):
+                if not task.done():
+                    task.cancel()
+        if waiting in done:
+            return waiting.result()
+        if cancelled in done:
+            self._refuse(
+                pending,
+                pg.error_response(
+                    _QUERY_CANCELED,
+                    f"canceling statement due to user request (request {request_id} cancelled)",
+                ),
+            )
+            return None
+        timeout = self.gateway.config.hold_timeout_seconds
+        self._refuse_held(
+            pending, f"jitgate: request {request_id} was not approved within {timeout:g} s; not run"
+        )
+        return None
+
+    async def _follow(self, request_id: str) -> Mapping[str, Any]:
+        last: Mapping[str, Any] = {}
+        async for view in self.gateway.port.watch(self.user, request_id):
+            last = view
+            if view.get("status") != "pending":
+                return view
+        return last
+
+    def _refuse_held(self, pending: _Pending, why: str) -> None:
+        self._record_refused(pending, why)
+        self._refuse(pending, pg.error_response(_INSUFFICIENT_PRIVILEGE, why))
+
+    def cancel(self) -> bool:
+        """A CancelRequest for this session: stop a hold, if there is one."""
+        task = self._hold_task
+        if self._cancel_hold is not None and task is not None and not task.done():
+            self._cancel_hold.set()
+            return True
+        return False
+
+    def _held_notice(self, view: Mapping[str, Any]) -> bytes:
+        request_id = view["id"]
+        where = self.gateway.approve_hint(str(request_id))
+        return pg.notice_response(
+            f"jitgate: statement held for approval as {request_id}; {describe_waiting(view)}",
+            detail=f"approve with: {where}",
+            hint="the statement runs as soon as it is approved; cancel (Ctrl-C) withdraws it",
+        )
+
+    def _record_refused(self, pending: _Pending, why: str) -> None:
+        stmt = _Statement(
+            pending.text,
+            "deny" if pending.decision is None or pending.decision.outcome is Outcome.DENY
+            else "require_approval",
+            time.perf_counter(),
+        )
+        stmt.error = f"{_INSUFFICIENT_PRIVILEGE} {why}"
+        self._finish(stmt)
+
+    # --- upstream -> client -----------------------------------------------------------
+
+    def _from_upstream(self, data: bytes) -> None:
+        frames = self.uframes
+        frames.feed(data)
+        out: list[bytes] = []
+        run = frames.position
+        try:
+            while True:
+                kind = frames.skip()
+                if kind is None:
+                    break
+                if kind == _ROW:
+                    continue
+                replacement = self._upstream_message(kind, frames.start, frames.end)
+                if replacement is not None:
+                    if run < frames.start:
+                        out.append(frames.span(run, frames.start))
+                    out.append(replacement)
+                    run = frames.end
+        except _Desync as exc:
+            log.error("session %s: %s", self.id, exc)
+            self.fatal(_PROTOCOL_VIOLATION, "jitgate: lost track of the upstream conversation")
+            return
+        if run < frames.position:
+            out.append(frames.span(run, frames.position))
+        if out:
+            self.client.write(b"".join(out) if len(out) > 1 else out[0])
+        if self._idle and not self.expect:
+            self._run_idle()
+
+    def _upstream_message(self, kind: int, start: int, end: int) -> bytes | None:
+        expect = self.expect
+        if kind in (_COMPLETE, _EMPTY, _SUSPENDED):
+            if not expect:
+                raise _Desync(f"{chr(kind)} without a statement")
+            head = expect[0]
+            if head.statement is not None and kind == _COMPLETE:
+                tag = self.uframes.span(start + 5, end - 1).decode("utf-8", "replace")
+                head.statement.tags.append(tag)
+                if tag.startswith(_REDEFINING_TAGS):
+                    self._forget_prepared(head.statement.text)
+            if head.kind == _E:
+                expect.popleft()
+                if head.statement is not None:
+                    self._finish(head.statement)
+            elif head.kind != _Q:
+                raise _Desync(f"{chr(kind)} while expecting {chr(head.kind)}")
+            return None
+        if kind == _READY:
+            if not expect or expect[0].kind not in (_Q, _S, _F):
+                raise _Desync("ReadyForQuery out of turn")
+            head = expect.popleft()
+            if head.statement is not None:
+                self._finish(head.statement)
+            self.status = self.uframes.span(start + 5, end)
+            self.failed_batch = False
+            if self.status == b"I":
+                # Named portals live until the end of the transaction.
+                self.portals.clear()
+            return None
+        if kind == _ERROR:
+            return self._upstream_error(start, end)
+        if kind in (_PARSED, _BOUND, _CLOSED):
+            want = {_PARSED: _P, _BOUND: _B, _CLOSED: _C}[kind]
+            if not expect or expect[0].kind != want:
+                raise _Desync(f"{chr(kind)} out of turn")
+            expect.popleft()
+            return None
+        if kind in (_PARAMS, _ROWDESC, _NODATA):
+            if expect and expect[0].kind == _D:
+                head = expect[0]
+                head.steps -= 1
+                if head.steps <= 0 or kind != _PARAMS:
+                    expect.popleft()
+                return None
+            if kind == _ROWDESC and expect and expect[0].kind == _Q:
+                return None
+            raise _Desync(f"{chr(kind)} out of turn")
+        if kind == _PARAMETER_STATUS:
+            name, value = pg.decode_parameter_status(self.uframes.span(start + 5, end))
+            self._parameter(name, value)
+            return None
+        return None  # notices, notifications, COPY traffic, function results: relayed
+
+    def _forget_prepared(self, text: str) -> None:
+        """SQL ``PREPARE``, ``DEALLOCATE`` or ``DISCARD`` changed the server's
+        prepared statements behind the protocol's back: the names they touch
+        are no longer known (a Bind to them is refused, not classified by a
+        text that is no longer what runs)."""
+        try:
+            statements = pglast.parse_sql(text)
+        except Exception:
+            statements = None
+        names: set[str] = set()
+        for raw in statements or ():
+            node = raw.stmt
+            name = getattr(node, "name", None)
+            if isinstance(node, (ast.DeallocateStmt, ast.PrepareStmt)) and name:
+                names.add(name)
+            elif isinstance(node, (ast.DeallocateStmt, ast.PrepareStmt, ast.DiscardStmt)):
+                names = set(self.statements)
+                break
+        if statements is None:
+            names = set(self.statements)
+        for name in names:
+            self.statements[name] = None
+        if statements is None or any(isinstance(r.stmt, ast.DiscardStmt) for r in statements):
+            self.portals.clear()
+
+    def _upstream_error(self, start: int, end: int) -> bytes | None:
+        expect = self.expect
+        body = self.uframes.span(start + 5, end)
+        if not expect:
+            return None  # e.g. FATAL at shutdown: relayed, the connection then ends
+        head = expect[0]
+        fields = pg.decode_fields(body)
+        error = f"{fields.get('C', '?')} {fields.get('M', '')}"
+        if head.kind in (_Q, _F):
+            if head.statement is not None:
+                head.statement.error = error
+            return None
+        # Extended protocol: the failing message and everything up to Sync is skipped.
+        # Nothing of it took effect upstream, so its changes to our maps are undone.
+        replacement = head.replace_error
+        first = True
+        undo: list[_Expect] = []
+        while expect and expect[0].kind != _S:
+            item = expect.popleft()
+            if item.undo is not None:
+                undo.append(item)
+            if item.statement is not None:
+                if first:
+                    item.statement.error = error
+                else:
+                    item.statement.skipped = True
+                self._finish(item.statement)
+            first = False
+        for item in reversed(undo):
+            assert item.undo is not None
+            which, name, prev = item.undo
+            table: dict[str, Any] = self.statements if which == "statement" else self.portals
+            if prev is _MISSING:
+                table.pop(name, None)
+            else:
+                table[name] = prev
+        self.failed_batch = True
+        return replacement
+
+    # --- audit ------------------------------------------------------------------------
+
+    def _finish(self, stmt: _Statement) -> None:
+        tags = stmt.tags
+        tag = "; ".join(tags) if tags else None
+        rows = pg.command_rows(tags[-1]) if tags else None
+        error = stmt.error
+        if stmt.skipped and error is None:
+            error = "not run: an earlier message of the batch failed"
+        duration = (time.perf_counter() - stmt.started) * 1000.0
+        self.gateway.recorder.record(
+            StatementRecord(
+                user=self.user.name,
+                target=self.target,
+                environment=self.environment,
+                text=stmt.text,
+                decision=stmt.decision,
+                duration_ms=round(duration, 3),
+                tag=tag,
+                rows=rows,
+                error=error,
+                request_id=stmt.request_id,
+                parameters=stmt.parameters,
+                session=self.id,
+                client=self.client_address,
+                gateway=self.gateway.config.name,
+                at=datetime.now(UTC).isoformat(),
+            )
+        )
+        if stmt.request_id is not None:
+            self._spawn(
+                self._report(stmt.request_id, rows, None if error is None else error, duration)
+            )
+
+    async def _report(
+        self, request_id: str, rows: int | None, error: str | None, duration: float
+    ) -> None:
+        try:
+            await self.gateway.port.report_outcome(
+                self.user,
+                request_id,
+                rows_affected=rows,
+                error=error,
+                duration_ms=int(duration),
+            )
+        except Exception as exc:  # it ran; the request stays executing until its deadline
+            log.warning("session %s: no outcome reported for %s: %s", self.id, request_id, exc)
+
+
+class _Desync(Exception):
+    """The upstream answered something the session did not expect."""
+
+
+def _rules_detail(decision: Decision) -> str | None:
+    if not decision.rules:
+        return None
+    return "rules: " + ", ".join(decision.rules)
+
+
+_FORWARD: Final = object()
+_DROP: Final = object()
+_STOP: Final = object()
+_AGAIN: Final = object()

@@ -1,0 +1,240 @@
+"""``statement.executed``: what went through a gateway, in the audit trail.
+
+A gateway (:mod:`jitgate.gateways`) decides ordinary statements locally and
+reports every statement it let through, or refused, in batches:
+:func:`record_statements` validates a batch and appends one
+``statement.executed`` event per record, **all in one transaction** (a batch
+is recorded entirely or not at all, so a gateway can retry it safely).
+
+Who may record: service accounts (a gateway runs with one) and admins, for
+any user; anybody else only for themselves; auditors never (they change
+nothing). Each event's actor is the record's ``user`` (who ran the
+statement), and ``recorded_by`` in its payload is the principal that
+reported it.
+
+Limits: at most :data:`MAX_RECORDS` records per call (``413
+too_many_records``); a record's ``text`` at most :data:`MAX_TEXT_BYTES`
+bytes of UTF-8, and the rest of it (parameters, error, extra...) at most
+:data:`MAX_REST_BYTES` (``413 statement_too_large``). A record that does not
+fit the shape below is ``400 invalid_body`` naming ``records[i].field``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from jitgate.actions.model import canonical_environment
+from jitgate.service.errors import ServiceError
+from jitgate.service.principal import Principal
+from jitgate.store import Database, InvalidValueError, append_event
+
+#: The event type (docs/audit-events.md).
+STATEMENT_EVENT: Final = "statement.executed"
+#: Most records one call may carry.
+MAX_RECORDS: Final = 1000
+#: Largest statement text, in bytes of UTF-8.
+MAX_TEXT_BYTES: Final = 1024 * 1024
+#: Largest size of everything else in a record (parameters, error, extra...).
+MAX_REST_BYTES: Final = 1024 * 1024
+#: What a gateway may say about a statement.
+DECISIONS: Final = frozenset({"allow", "require_approval", "deny"})
+
+_REQUIRED: Final = ("user", "target", "environment", "text", "decision")
+_OPTIONAL_TEXT: Final = ("tag", "error", "request_id")
+_PLAIN_TEXT: Final = ("session", "client", "gateway", "at")
+#: Every field a record may have (those of ``jitgate.gateways.StatementRecord``).
+FIELDS: Final = frozenset(
+    {*_REQUIRED, *_OPTIONAL_TEXT, *_PLAIN_TEXT, "duration_ms", "rows", "parameters", "extra"}
+)
+#: Fields stored in columns of the events table (no NUL characters there).
+_COLUMNS: Final = ("user", "target", "environment", "request_id")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatementEvent:
+    """One validated record, as it will be appended."""
+
+    actor: str
+    request_id: str | None
+    target: str
+    environment: str
+    payload: dict[str, Any]
+
+
+def _invalid(index: int, field: str, message: str) -> ServiceError:
+    return ServiceError("invalid_body", f"records[{index}].{field}: {message}", 400)
+
+
+def _utf8_size(value: str, limit: int) -> int:
+    """The UTF-8 size of ``value`` (exact only when it may exceed ``limit``)."""
+    if 4 * len(value) <= limit:
+        return len(value)
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def _fields(index: int, record: object) -> dict[str, Any]:
+    if isinstance(record, Mapping):
+        fields = dict(record)
+    elif dataclasses.is_dataclass(record) and not isinstance(record, type):
+        fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    else:
+        raise ServiceError("invalid_body", f"records[{index}]: a record must be an object", 400)
+    unknown = sorted(str(k) for k in fields if k not in FIELDS)
+    if unknown:
+        raise ServiceError(
+            "invalid_body", f"records[{index}]: unknown field(s): {', '.join(unknown)}", 400
+        )
+    return fields
+
+
+def statement_event(index: int, record: object, recorded_by: str) -> StatementEvent:
+    """``record`` (a mapping or a ``StatementRecord``) checked and turned into an event."""
+    fields = _fields(index, record)
+    for name in _REQUIRED:
+        if fields.get(name) is None:
+            raise _invalid(index, name, "required")
+    for name in (*_REQUIRED, *_PLAIN_TEXT):
+        value = fields.get(name, "")
+        if not isinstance(value, str):
+            raise _invalid(index, name, "must be a string")
+    for name in _OPTIONAL_TEXT:
+        value = fields.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _invalid(index, name, "must be a string or null")
+    for name in _COLUMNS:
+        value = fields.get(name)
+        if isinstance(value, str) and "\x00" in value:
+            raise _invalid(index, name, "must not contain NUL characters")
+    user: str = fields["user"]
+    if not user.strip():
+        raise _invalid(index, "user", "must not be blank")
+    decision: str = fields["decision"]
+    if decision not in DECISIONS:
+        raise _invalid(index, "decision", f"must be one of {', '.join(sorted(DECISIONS))}")
+    duration = fields.get("duration_ms", 0.0)
+    if duration is None:
+        duration = 0.0
+    if (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not math.isfinite(duration)
+        or duration < 0
+    ):
+        raise _invalid(index, "duration_ms", "must be a non-negative number")
+    rows = fields.get("rows")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
+        raise _invalid(index, "rows", "must be a non-negative integer or null")
+    parameters = fields.get("parameters")
+    if parameters is not None:
+        if isinstance(parameters, str | bytes | Mapping) or not isinstance(parameters, Sequence):
+            raise _invalid(index, "parameters", "must be a list of strings or nulls")
+        parameters = list(parameters)
+        if not all(p is None or isinstance(p, str) for p in parameters):
+            raise _invalid(index, "parameters", "must be a list of strings or nulls")
+    extra = fields.get("extra") or {}
+    if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+        raise _invalid(index, "extra", "must be an object")
+    try:
+        extra_size = (
+            len(json.dumps(dict(extra), allow_nan=False, ensure_ascii=False)) if extra else 0
+        )
+    except (TypeError, ValueError):
+        raise _invalid(index, "extra", "must be JSON data") from None
+
+    text: str = fields["text"]
+    if _utf8_size(text, MAX_TEXT_BYTES) > MAX_TEXT_BYTES:
+        raise ServiceError(
+            "statement_too_large",
+            f"records[{index}].text: larger than {MAX_TEXT_BYTES} bytes",
+            413,
+        )
+    rest = [fields.get(name) or "" for name in (*_OPTIONAL_TEXT, *_PLAIN_TEXT)]
+    rest += [user, fields["target"], fields["environment"]]
+    rest += [p for p in parameters or () if p is not None]
+    rest_size = extra_size + sum(_utf8_size(s, MAX_REST_BYTES) for s in rest)
+    if rest_size > MAX_REST_BYTES:
+        raise ServiceError(
+            "statement_too_large",
+            f"records[{index}]: its fields other than text are larger than {MAX_REST_BYTES} bytes",
+            413,
+        )
+
+    payload: dict[str, Any] = {
+        "text": text,
+        "decision": decision,
+        "duration_ms": duration,
+        "tag": fields.get("tag"),
+        "rows": rows,
+        "error": fields.get("error"),
+        "parameters": parameters,
+        "session": fields.get("session", ""),
+        "client": fields.get("client", ""),
+        "gateway": fields.get("gateway", ""),
+        "at": fields.get("at", ""),
+        "recorded_by": recorded_by,
+    }
+    if extra:
+        payload["extra"] = dict(extra)
+    return StatementEvent(
+        actor=user,
+        request_id=fields.get("request_id") or None,
+        target=fields["target"],
+        environment=canonical_environment(fields["environment"]),
+        payload=payload,
+    )
+
+
+def statement_events(principal: Principal, records: Sequence[object]) -> list[StatementEvent]:
+    """The events for ``records`` reported by ``principal``; :class:`ServiceError`
+    if the principal may not record them or one of them is invalid."""
+    if principal.is_auditor:
+        raise ServiceError("forbidden", "auditors see the trail but change nothing", 403)
+    if isinstance(records, str | bytes | Mapping) or not isinstance(records, Sequence):
+        raise ServiceError("invalid_body", "records must be a list", 400)
+    if len(records) > MAX_RECORDS:
+        raise ServiceError(
+            "too_many_records",
+            f"at most {MAX_RECORDS} records per call, not {len(records)}",
+            413,
+        )
+    events = [statement_event(i, record, principal.user) for i, record in enumerate(records)]
+    if not (principal.is_service_account or principal.is_admin):
+        for event in events:
+            if event.actor != principal.user:
+                raise ServiceError(
+                    "forbidden",
+                    "only service accounts and admins record statements of other users",
+                    403,
+                )
+    return events
+
+
+async def record_statements(
+    db: Database, principal: Principal, records: Sequence[object], now: datetime
+) -> int:
+    """Append one ``statement.executed`` event per record, in one transaction;
+    how many were appended (see the module docstring for who may and limits)."""
+    events = statement_events(principal, records)
+    if not events:
+        return 0
+    try:
+        async with db.transaction() as session:
+            for event in events:
+                await append_event(
+                    session,
+                    STATEMENT_EVENT,
+                    event.actor,
+                    event.request_id,
+                    event.payload,
+                    now,
+                    target=event.target,
+                    environment=event.environment,
+                )
+    except InvalidValueError as exc:
+        raise ServiceError("invalid_body", f"records: {exc.message}", 400) from None
+    return len(events)
