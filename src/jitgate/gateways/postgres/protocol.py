@@ -147,19 +147,10 @@ class Frames:
 
     def next(self) -> tuple[int, bytes] | None:
         """The next complete message as (type byte, body), or None if incomplete."""
-        buf = self._buf
-        pos = self._pos
-        if len(buf) - pos < 5:
+        kind = self.skip()
+        if kind is None:
             return None
-        kind, length = _TYPED_HEADER.unpack_from(buf, pos)
-        if length < 4 or length > self.max_length:
-            raise ProtocolViolation(f"invalid length {length} for message {chr(kind)!r}")
-        end = pos + 1 + length
-        if len(buf) < end:
-            return None
-        self._pos = self.end = end
-        self.start = pos
-        return kind, bytes(buf[pos + 5 : end])
+        return kind, bytes(self._buf[self.start + 5 : self.end])
 
     def skip(self) -> int | None:
         """Step over the next complete message without copying it; its type or None."""
