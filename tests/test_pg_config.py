@@ -305,7 +305,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.max_message_bytes == 64 * 1024 * 1024
     assert config.server is None
     assert config.default_target is None
-    assert (config.audit_batch.max_records, config.audit_batch.max_delay_ms) == (100, 250)
+    assert (config.audit_batch.max_records, config.audit_batch.max_delay_ms) == (1000, 250)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,11 @@ Function bodies are strings to the parser: SQL bodies are parsed again,
 PL/pgSQL bodies with ``parse_plpgsql_json``, and the statements inside are
 analysed as nested ones.
 
+Statements that differ only in their constants (``... WHERE aid = 48213``)
+share a *shape* (:func:`sql_shape`, from the lexer's tokens);
+:func:`analyze_sql_shaped` says when an analysis is, provably, the analysis of
+every text of its shape, so that the evaluator may answer for the shape.
+
 This module is the driver and the data-changing statements; schema, privilege,
 role and server statements are in :mod:`sqlddl`, dangerous calls and
 run-time parameters in :mod:`sqlcalls`, WHERE-clause folding in
@@ -73,33 +78,56 @@ _WRITES: Final = {
 
 def analyze_sql(text: str) -> Analysis:
     """Analyse PostgreSQL text: one unit per statement, findings on each."""
+    return analyze_sql_shaped(text, shapes=False)[0]
+
+
+def analyze_sql_shaped(text: str, *, shapes: bool = True) -> tuple[Analysis, bool]:
+    """The analysis of ``text`` and whether it is *constant-free*.
+
+    Constant-free means provably the analysis of every text of the same
+    shape (:func:`sql_shape`: the same tokens, constants aside) that parses:
+    the statements are of types whose handling never reads a value (see
+    :data:`_CONSTANT_FREE_HANDLERS`), the tree holds no call (a literal may
+    name a dangerous function and send the analysis on a walk, and
+    ``set_config`` is judged on its arguments), no ``INTO`` clause, nothing
+    nested that the walk would have to look at, and there is no finding.
+    Anything else, including every failure, is not constant-free. With
+    ``shapes=False`` the second value is always False (and not computed).
+    """
     try:
-        return _analyze(text)
+        return _analyze(text, shapes)
     except RecursionError:
-        return _unparsable(text, "SQL is nested too deeply to analyse")
+        return _unparsable(text, "SQL is nested too deeply to analyse"), False
     except Exception as error:  # fail closed: an analyzer bug must not let SQL through
-        return _unparsable(text, f"SQL could not be analysed ({type(error).__name__})")
+        return _unparsable(text, f"SQL could not be analysed ({type(error).__name__})"), False
 
 
-def _analyze(text: str) -> Analysis:
+def _analyze(text: str, shapes: bool) -> tuple[Analysis, bool]:
     parsed = _parse(text)
     if isinstance(parsed, str):
-        return _unparsable(text, parsed)
+        return _unparsable(text, parsed), False
     json_text, statements = parsed
     if not statements:
-        return _unparsable(text, "no SQL statement")
+        return _unparsable(text, "no SQL statement"), False
     walk = _may_hide_something(json_text, statements)
     texts = _statement_texts(text, statements)
     findings: list[Finding] = []
     units: list[Unit] = []
+    plain = shapes and not walk
     for index, raw in enumerate(statements):
         tag, node = only(raw["stmt"])
         statement_text = texts[index]
-        if walk or _HANDLERS.get(tag) is not _allow:
+        handler = _HANDLERS.get(tag)
+        if walk or handler is not _allow:
             _statement(tag, node, Context(index, statement_text, statement_text, findings), walk)
+        if plain and handler not in _CONSTANT_FREE_HANDLERS:
+            plain = False
         units.append(Unit(index, unit_type(tag, node), statement_text))
     if not findings:
-        return Analysis(units=tuple(units))
+        constant_free = (
+            plain and '"FuncCall":' not in json_text and '"intoClause":' not in json_text
+        )
+        return Analysis(units=tuple(units)), constant_free
     unique = tuple(dict.fromkeys(findings)) if len(findings) > 1 else tuple(findings)
     # What Analysis.of computes, without its generator overhead on the hot path.
     return Analysis(
@@ -107,7 +135,7 @@ def _analyze(text: str) -> Analysis:
         findings=unique,
         codes=frozenset([finding.code for finding in unique]),
         risk=max([finding.risk for finding in unique]),
-    )
+    ), False
 
 
 def _parse(text: str) -> tuple[str, list[Node]] | str:
@@ -187,6 +215,104 @@ def _statement(tag: str, node: Node, context: Context, walk: bool) -> None:
     if walk and not (tag == "ExplainStmt" and not _explain_executes(node)):
         where = "EXPLAIN ANALYZE" if tag == "ExplainStmt" else describe(tag, node)
         _walk(node, context, context.scope or where)
+
+
+# --- shapes: statements that differ only in their constants ------------------------------
+
+#: What a shape puts in place of each kind of constant token of the PostgreSQL
+#: lexer (NUL never occurs in a text that has a shape, so a marker cannot be
+#: confused with text); "" marks the tokens that make a text have no shape.
+#: ``U&'...'`` strings (USCONST) are not in the table: they are kept as
+#: written, since the parser, not the lexer, decodes their escapes and may
+#: reject them; their ``UESCAPE '?'`` clause makes the value of a string
+#: change how a neighbour decodes, and ``FLOAT(p)`` is the one place where the
+#: grammar itself checks a number (p must be 1 to 53), so neither has a shape.
+_SHAPE_TOKENS: Final[Mapping[str, str]] = {
+    "ICONST": "\x00i",
+    "FCONST": "\x00f",
+    "SCONST": "\x00s",
+    "BCONST": "\x00b",
+    "XCONST": "\x00x",
+    "PARAM": "\x00p",
+    "UESCAPE": "",
+    "FLOAT_P": "",
+}
+#: How a constant token of each kind may start and end (a check on the
+#: offsets pglast reports for texts that are not ASCII).
+_SHAPE_BOUNDS: Final[Mapping[str, tuple[str, str]]] = {
+    "ICONST": ("0123456789", "0123456789abcdefABCDEF"),
+    "FCONST": ("0123456789.", "0123456789abcdefABCDEF."),
+    "SCONST": ("'$eE", "'$"),
+    "BCONST": ("bB", "'"),
+    "XCONST": ("xX", "'"),
+    "PARAM": ("$", "0123456789"),
+}
+#: The lexer pglast offers maps byte offsets to characters in time that grows
+#: with the product of tokens and non-ASCII characters: longer texts that are
+#: not ASCII get no shape.
+MAX_NON_ASCII_SHAPE: Final = 512
+
+
+def sql_shape(text: str) -> str | None:
+    """``text`` with each constant replaced by a marker of its kind, or None.
+
+    Two texts with the same shape are the same sequence of PostgreSQL tokens
+    (the real lexer's, comments included), in the same places with the same
+    white space around them, except for the values of their numbers, strings
+    (``'...'``, ``E'...'``, ``$$...$$``, bit and hex strings) and parameter
+    numbers (``$1``). Whether a token is a constant and of which kind is the
+    lexer's call (``99999999999`` is a float to it, not an integer). A text
+    has no shape when it does not lex, holds a NUL, is long and not ASCII, or
+    holds a token listed above as having none.
+    """
+    check = not text.isascii()
+    if (check and len(text) > MAX_NON_ASCII_SHAPE) or "\x00" in text:
+        return None
+    try:
+        tokens = scan(text)
+    except Exception:  # does not lex (or is not valid Unicode): no shape
+        return None
+    markers = _SHAPE_TOKENS
+    parts: list[str] = []
+    position = 0
+    for start, end, name, _kind in tokens:
+        marker = markers.get(name)
+        if marker is None:
+            continue
+        if not marker:
+            return None
+        if check and not (position <= start and _within_bounds(text, start, end, name)):
+            return None
+        parts.append(text[position:start])
+        parts.append(marker)
+        position = end + 1
+    if not parts:
+        return text
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+#: First words of statements that are never constant-free (their handlers
+#: read values, or they are never allowed by shape): a text that starts with
+#: one is not worth a scan for its shape. Only a shortcut: a text it misses
+#: is scanned, analysed and found not constant-free.
+_NEVER_SHAPED: Final = re.compile(
+    r"\s*(?:update|delete|merge|copy|explain|do|call|execute|create|alter|drop|truncate"
+    r"|grant|revoke|vacuum|analy[sz]e|lock|cluster|reindex|refresh|comment)\b",
+    re.IGNORECASE,
+)
+_NEVER_SHAPED_FIRST: Final = frozenset(" \t\n\r\f\vuUdDmMcCeEaAtTgGrRvVlL")
+
+
+def may_have_shape_worth_caching(text: str) -> bool:
+    """False when ``text`` certainly starts with a statement that is never
+    constant-free (``UPDATE``, ``DELETE``, DDL, ...): no need for its shape."""
+    return text[:1] not in _NEVER_SHAPED_FIRST or _NEVER_SHAPED.match(text) is None
+
+
+def _within_bounds(text: str, start: int, end: int, name: str) -> bool:
+    first, last = _SHAPE_BOUNDS[name]
+    return 0 <= start <= end < len(text) and text[start] in first and text[end] in last
 
 
 # --- the walk for nested statements and calls --------------------------------------------
@@ -571,6 +697,13 @@ _HANDLERS: Final[Mapping[str, Handler]] = {
     "VariableSetStmt": set_parameter,
     "CreateFunctionStmt": _create_function,
 }
+
+
+#: Handlers whose verdict on a statement depends on its structure and names
+#: only, never on a constant's value, as long as :func:`analyze_sql_shaped`'s
+#: other conditions hold: ``_allow`` reads nothing and ``_select`` reads the
+#: ``INTO`` clauses, which a constant-free tree does not have.
+_CONSTANT_FREE_HANDLERS: Final = (_allow, _select)
 
 
 def _clip(message: str) -> str:

@@ -323,3 +323,134 @@ def seal(
         "prev_hash": prev_hash,
     }
     return ChainEvent(**document, hash=event_hash(document))
+
+
+# --- sealing many events at once (the store's batch append) ---------------------------
+
+
+class _Unusual(Exception):
+    """A value :func:`stored_payload` leaves to :func:`seal`'s general normalisation."""
+
+
+_INFINITY: Final = float("inf")
+_float_repr = float.__repr__
+
+
+def _plain(value: Any, plain: list[bool]) -> Any:
+    """``value`` as :func:`seal`'s normalisation leaves it, for the built-in JSON
+    types only (anything else, subclasses included, raises :class:`_Unusual`);
+    clears ``plain[0]`` where the compact JSON text and RFC 8785 differ."""
+    kind = type(value)
+    if kind is str:
+        if value.isascii():
+            return value
+        return _json_safe(value)
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+    if kind is float:
+        if value != value or value == _INFINITY or value == -_INFINITY:
+            return str(value)
+        # Python and RFC 8785 (ECMAScript) agree on the shortest digits; they
+        # spell integral values (1.0 / 1) and exponents (1e-05 / 0.00001) apart.
+        spelled = _float_repr(value)
+        if "e" in spelled or spelled.endswith(".0"):
+            plain[0] = False
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unusual
+            if not key.isascii():  # RFC 8785 sorts by UTF-16 code units, Python by code points
+                plain[0] = False
+            # Inline what most values are (ASCII text, null); the rest recurses.
+            if item is None or (type(item) is str and item.isascii()):
+                out[key] = item
+            else:
+                out[key] = _plain(item, plain)
+        return out
+    if kind is list or kind is tuple:
+        return [_plain(item, plain) for item in value]
+    raise _Unusual
+
+
+def stored_payload(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``payload`` normalised exactly as :func:`seal` normalises it, and whether
+    it is *plain*: its compact JSON text (sorted keys, no whitespace, the way
+    the store writes JSON) is its RFC 8785 form up to the escapes
+    :func:`raw_hash` decodes, so that :func:`raw_hash` over that text is the
+    event's exact hash. Only ASCII keys and no float the two spell apart
+    (``1.0``, ``1e-05``) keep a payload plain.
+
+    The common case (built-in types only) takes one pass; anything else goes
+    through :func:`seal`'s own steps and raises what they raise for what is
+    not JSON data (``TypeError``, ``ValueError``).
+    """
+    plain = [True]
+    top = payload if type(payload) is dict else dict(payload)
+    try:
+        return _plain(top, plain), plain[0]
+    except (_Unusual, RecursionError):
+        return _json_safe(json.loads(json.dumps(dict(payload), ensure_ascii=False))), False
+
+
+def plain_texts(*values: object) -> bool:
+    """Whether each value is None or text RFC 8785 writes as :func:`raw_hash`
+    does (a ``str`` without lone surrogates)."""
+    for value in values:
+        if value is None:
+            continue
+        if type(value) is not str:
+            return False
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def stored_hash(
+    *,
+    seq: int,
+    id: str,
+    at: str,
+    type: str,
+    actor: str | None,
+    request_id: str | None,
+    target: str | None,
+    environment: str | None,
+    payload: Mapping[str, Any],
+    payload_text: str,
+    prev_hash: str,
+    plain: bool,
+) -> str:
+    """The hash :func:`seal` gives this event, ``payload`` being normalised
+    (:func:`stored_payload`) and ``payload_text`` its compact JSON text.
+
+    ``plain`` (the payload is plain and so are the other fields, see
+    :func:`stored_payload` and :func:`plain_texts`): :func:`raw_hash` over the
+    text, the very computation the verifier's fast loop makes over the
+    stored row; otherwise the exact RFC 8785 path (``ValueError`` for what it
+    cannot represent).
+    """
+    if plain:
+        return raw_hash(
+            seq, id, at, type, actor, request_id, target, environment, payload_text, prev_hash
+        )
+    return event_hash(
+        {
+            "seq": seq,
+            "id": id,
+            "at": at,
+            "type": type,
+            "actor": actor,
+            "request_id": request_id,
+            "target": target,
+            "environment": environment,
+            "payload": payload,
+            "prev_hash": prev_hash,
+        }
+    )

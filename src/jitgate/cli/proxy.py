@@ -92,16 +92,15 @@ def postgres_command(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from jitgate.server.run import loop_factory
+    from jitgate.gateways.postgres import loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_run_standalone(gateway_config, server_url, server_token))
 
 
 async def _run_standalone(config: object, url: str, token: str) -> None:
+    from jitgate.gateways.postgres import start_gateway
     from jitgate.gateways.postgres.config import GatewayConfig
-    from jitgate.gateways.postgres.gateway import PostgresGateway
-    from jitgate.gateways.recorder import StatementRecorder
     from jitgate.gateways.remote import RemoteApprovals
 
     assert isinstance(config, GatewayConfig)
@@ -109,20 +108,12 @@ async def _run_standalone(config: object, url: str, token: str) -> None:
     try:
         await port.start()
     except Exception as error:
+        await port.close()
         err_console.print(f"[bold red]error:[/] cannot reach the jitgate server: {error}")
         raise typer.Exit(1) from None
-    recorder = StatementRecorder(
-        port,
-        max_batch=config.audit_batch.max_records,
-        max_delay=config.audit_batch.max_delay_ms / 1000,
-    )
-    recorder.start()
-    gateway = PostgresGateway(config, port, recorder, approve_url=url)
     try:
-        await gateway.start()
-    except OSError as error:
-        await recorder.close()
-        await port.close()
+        gateway = await start_gateway(config, port, url)
+    except OSError as error:  # the recorder and the port are closed
         err_console.print(f"[bold red]error:[/] cannot listen on {config.listen}: {error}")
         raise typer.Exit(1) from None
     host, bound = gateway.address
@@ -137,5 +128,3 @@ async def _run_standalone(config: object, url: str, token: str) -> None:
         await stop.wait()
     finally:
         await gateway.stop()
-        await recorder.close()
-        await port.close()

@@ -37,7 +37,7 @@ from jitgate.client import (
     View,
     WaitTimedOut,
 )
-from jitgate.service.views import describe_final, describe_waiting
+from jitgate.request_words import describe_final, describe_waiting
 
 requests_app = typer.Typer(help="List and show approval requests.", no_args_is_help=True)
 

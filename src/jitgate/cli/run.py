@@ -16,7 +16,7 @@ from jitgate.cli.options import Token, Url
 from jitgate.cli.receipt import keep_receipt
 from jitgate.cli.requests import client_call, exit_code_for, wait_for_answer
 from jitgate.client import ApiError, Client, ServerUnreachable, WaitTimedOut
-from jitgate.service.views import describe_final, describe_waiting
+from jitgate.request_words import describe_final, describe_waiting
 
 
 def run_command(

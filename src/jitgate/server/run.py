@@ -28,9 +28,10 @@ from fastapi import FastAPI
 from jitgate.audit.keys import DEFAULT_KEY_FILENAME, SigningKey
 from jitgate.evaluator import Evaluator
 from jitgate.gateways.inprocess import InProcessApprovals
+from jitgate.gateways.postgres import loop_factory
+from jitgate.gateways.postgres import start_gateway as start_postgres_gateway
 from jitgate.gateways.postgres.config import GatewayConfig, load_gateway_config
-from jitgate.gateways.postgres.gateway import PostgresGateway
-from jitgate.gateways.recorder import StatementRecorder
+from jitgate.gateways.postgres.gateway import RunningGateway
 from jitgate.notify import Notifier, load_notify_config
 from jitgate.policy import Policy, load_policy
 from jitgate.server.app import begin_shutdown, create_app
@@ -227,7 +228,6 @@ async def serve(
         finally:
             if gateway is not None:
                 await gateway.stop()
-                await gateway.recorder.close()
             if stopper is not None:
                 stopper.cancel()
     finally:
@@ -236,21 +236,12 @@ async def serve(
 
 async def start_gateway(
     config: GatewayConfig, service: ApprovalService, url: str
-) -> PostgresGateway:
-    """The PostgreSQL gateway of ``config``, in this process, listening."""
-    port = InProcessApprovals(service, gateway=config.name)
-    recorder = StatementRecorder(
-        port,
-        max_batch=config.audit_batch.max_records,
-        max_delay=config.audit_batch.max_delay_ms / 1000,
+) -> RunningGateway:
+    """The PostgreSQL gateway of ``config``, in this process, listening
+    (:func:`jitgate.gateways.postgres.start_gateway` over ``service``)."""
+    gateway = await start_postgres_gateway(
+        config, InProcessApprovals(service, gateway=config.name), url
     )
-    recorder.start()
-    gateway = PostgresGateway(config, port, recorder, approve_url=url)
-    try:
-        await gateway.start()
-    except BaseException:
-        await recorder.close()
-        raise
     host, bound = gateway.address
     logger.info("postgres gateway %s on %s:%d", config.name, host, bound)
     return gateway
@@ -260,15 +251,6 @@ async def _stop_on(event: asyncio.Event, server: Server) -> None:
     await event.wait()
     server.should_exit = True
     server.begin_shutdown()
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def run_server(

@@ -26,7 +26,6 @@ the API takes it (``ok`` or ``concern``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -234,24 +233,3 @@ def request_view(
     }
 
 
-def describe_waiting(view: Mapping[str, Any]) -> str:
-    """Who must still act, in words."""
-    status = view.get("status", "?")
-    if status != "pending":
-        return str(status)
-    waiting = view.get("waiting_for") or {}
-    groups = " or ".join(waiting.get("groups") or []) or "?"
-    needed = waiting.get("approvals_needed", "?")
-    return f"waiting for {needed} approval(s) from {groups} (stage {waiting.get('stage', '?')})"
-
-
-def describe_final(view: Mapping[str, Any]) -> str:
-    """How a settled request ended, in words (who denied it and why, who approved)."""
-    status = view.get("status")
-    if status == "denied":
-        denial = view.get("denial") or {}
-        return f"denied by {denial.get('by', '?')}: {denial.get('reason', '')}"
-    if status in {"approved", "executing", "executed"}:
-        approvers = [a.get("user") for s in view.get("stages", []) for a in s.get("approvals", [])]
-        return "approved by " + (", ".join(str(a) for a in approvers) or "break-glass")
-    return str(status)

@@ -29,7 +29,14 @@ from jitgate.store.errors import (
     NotFoundError,
     StoreError,
 )
-from jitgate.store.events import EventRow, append_event, last_seq, list_events
+from jitgate.store.events import (
+    EventRow,
+    NewEvent,
+    append_event,
+    append_events,
+    last_seq,
+    list_events,
+)
 from jitgate.store.grants import SCOPE_ACTION, SCOPE_RULE, GrantRepository, GrantRow, new_grant_id
 from jitgate.store.identity import (
     TOKEN_PREFIX,
@@ -57,6 +64,7 @@ __all__ = [
     "Identity",
     "InvalidValueError",
     "MfaRecord",
+    "NewEvent",
     "NotFoundError",
     "RequestRepository",
     "RequestRow",
@@ -64,6 +72,7 @@ __all__ = [
     "TokenRecord",
     "UserRecord",
     "append_event",
+    "append_events",
     "backend_name",
     "create_engine",
     "current_revision",

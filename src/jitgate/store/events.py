@@ -18,12 +18,20 @@ appending several events reads it once.
 
 Readers page with ``after_seq`` (the SSE stream, the audit export); because
 appends serialize, a smaller ``seq`` never becomes visible after a larger one.
+
+Many events at once (a gateway's batch of ``statement.executed`` records):
+:func:`append_events` writes exactly the rows as many :func:`append_event`
+calls would (same seqs, hashes, payload text), under the same lock and head,
+but normalises and serializes the payloads before taking the lock, seals
+the batch in one loop (hashing the stored payload text as the verifier
+does, :func:`jitgate.audit.chain.stored_hash`) and inserts it with one
+``executemany``. It appends all of the events or, raising, none of them.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, cast
@@ -31,8 +39,16 @@ from typing import Any, Final, cast
 from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from jitgate.audit.chain import GENESIS, seal
+from jitgate.audit.chain import (
+    GENESIS,
+    canonical_time,
+    plain_texts,
+    seal,
+    stored_hash,
+    stored_payload,
+)
 from jitgate.store._common import aware, dialect_name
+from jitgate.store.database import compact_json
 from jitgate.store.errors import InvalidValueError
 from jitgate.store.tables import AnchorTable, EventTable
 
@@ -44,6 +60,30 @@ APPEND_LOCK_KEY: Final = 0x6A67617564697400  # "jgaudit\0"
 _HEAD_KEY: Final = "jitgate.audit.head"
 #: Most events one :func:`list_events` call returns.
 MAX_PAGE: Final = 10_000
+#: The columns :func:`append_events` writes, in the order of its rows.
+_ROW_COLUMNS: Final = (
+    "seq",
+    "id",
+    "at",
+    "type",
+    "actor",
+    "request_id",
+    "payload",
+    "prev_hash",
+    "hash",
+    "target",
+    "environment",
+)
+#: :func:`append_events`' INSERT in each backend's parameter style, run on the
+#: driver as it is (one ``executemany``, no per-row type processing): the
+#: payload goes as the JSON text the engine's serializer would have made, the
+#: time as its column type would have bound it.
+_INSERT_SQL: Final = {
+    "sqlite": f"INSERT INTO events ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)})",
+    "postgresql": f"INSERT INTO events ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_ROW_COLUMNS) + 1))})",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +99,50 @@ class EventRow:
     hash: str | None = None
     target: str | None = None
     environment: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class NewEvent:
+    """One event for :func:`append_events` (the arguments of :func:`append_event`).
+
+    Not frozen: a gateway's batch makes a thousand of them per call, and a
+    frozen dataclass takes three times as long to build.
+    """
+
+    type: str
+    actor: str | None
+    request_id: str | None
+    payload: Mapping[str, Any]
+    at: datetime
+    target: str | None = None
+    environment: str | None = None
+
+
+def _event_ids(n: int) -> list[str]:
+    """``n`` new event ids: random (version 4) UUIDs spelled as ``str(uuid.uuid4())``."""
+    raw = bytearray(os.urandom(16 * n))
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = raw[i + 6] & 0x0F | 0x40  # version 4
+        raw[i + 8] = raw[i + 8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
+        f"{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
+
+
+async def _locked_head(session: AsyncSession) -> tuple[int, str]:
+    """The head of the trail, read under the append lock the first time in a
+    transaction (the lock is then held until the transaction ends)."""
+    head: tuple[int, str] | None = session.info.get(_HEAD_KEY)
+    if head is None:
+        if dialect_name(session) == "postgresql":
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY}
+            )
+        head = await chain_head(session)
+    return head
 
 
 async def append_event(
@@ -81,17 +165,11 @@ async def append_event(
     if not type:
         raise InvalidValueError("an event needs a type")
     at = aware(at, "at")
-    head = session.info.get(_HEAD_KEY)
-    if head is None:
-        if dialect_name(session) == "postgresql":
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY}
-            )
-        head = await chain_head(session)
+    head = await _locked_head(session)
     try:
         sealed = seal(
             seq=head[0] + 1,
-            id=str(uuid.uuid4()),
+            id=_event_ids(1)[0],
             at=at,
             type=type,
             actor=actor,
@@ -120,6 +198,112 @@ async def append_event(
     )
     session.info[_HEAD_KEY] = (sealed.seq, sealed.hash)
     return sealed.seq
+
+
+async def append_events(session: AsyncSession, events: Sequence[NewEvent]) -> range:
+    """Append ``events``, in order, in the caller's transaction; their seqs.
+
+    The rows are exactly those of one :func:`append_event` call per event
+    (same seqs, links, hashes and stored payload text; the ids are random
+    either way), and the events become visible when the transaction
+    commits, as one contiguous run of the trail. An invalid event (no type,
+    a naive time, a payload that is not JSON data) raises
+    :class:`InvalidValueError` and nothing is appended, not even the events
+    before it.
+    """
+    if not events:
+        return range(0)
+    bind = session.bind
+    assert bind is not None, "the session must be bound to an engine"
+    dialect = bind.dialect
+    # How the engine binds the ``at`` column on this backend (its type as
+    # adapted to the dialect, as SQLAlchemy's own INSERT would bind it).
+    stamp_at = cast(
+        "Callable[[datetime], Any] | None",
+        EVENTS.c.at.type.dialect_impl(dialect).bind_processor(dialect),
+    )
+    ids = _event_ids(len(events))
+    stamps: dict[datetime, tuple[str, Any]] = {}
+    prepared: list[tuple[Any, ...]] = []
+    for event, id_ in zip(events, ids, strict=True):
+        if not event.type:
+            raise InvalidValueError("an event needs a type")
+        stamp = stamps.get(event.at)
+        if stamp is None:
+            utc = aware(event.at, "at")
+            stamp = stamps[event.at] = (
+                canonical_time(utc),
+                utc if stamp_at is None else stamp_at(utc),
+            )
+        try:
+            payload, plain = stored_payload(event.payload)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidValueError(f"event payload is not JSON data: {exc}") from None
+        actor, request_id = event.actor, event.request_id
+        target, environment = event.target, event.environment
+        prepared.append(
+            (
+                id_,
+                stamp,
+                event.type,
+                actor,
+                request_id,
+                target,
+                environment,
+                payload,
+                compact_json(payload),
+                plain and plain_texts(event.type, actor, request_id, target, environment),
+            )
+        )
+
+    # Pending ORM changes are written first, as append_event's INSERT would
+    # (autoflush): the events stay the last writes (the driver-level INSERT
+    # below does not flush).
+    await session.flush()
+    first, prev = await _locked_head(session)
+    seq = first
+    rows: list[tuple[Any, ...]] = []
+    for row in prepared:
+        id_, (at_text, at_value), type_, actor, request_id, target, environment = row[:7]
+        payload, payload_text, plain = row[7:]
+        seq += 1
+        try:
+            digest = stored_hash(
+                seq=seq,
+                id=id_,
+                at=at_text,
+                type=type_,
+                actor=actor,
+                request_id=request_id,
+                target=target,
+                environment=environment,
+                payload=payload,
+                payload_text=payload_text,
+                prev_hash=prev,
+                plain=plain,
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidValueError(f"event payload is not JSON data: {exc}") from None
+        rows.append(
+            (
+                seq,
+                id_,
+                at_value,
+                type_,
+                actor,
+                request_id,
+                payload_text,
+                prev,
+                digest,
+                target,
+                environment,
+            )
+        )
+        prev = digest
+    connection = await session.connection()
+    await connection.exec_driver_sql(_INSERT_SQL[dialect.name], rows)
+    session.info[_HEAD_KEY] = (seq, prev)
+    return range(first + 1, seq + 1)
 
 
 async def chain_head(session: AsyncSession) -> tuple[int, str]:

@@ -11,6 +11,10 @@ own backend key, and leaves the connection to a :class:`Session`.
 
 A CancelRequest names the gateway's key: it withdraws a held statement, or
 is passed on to the upstream with the upstream's key.
+
+:meth:`PostgresGateway.stop` ends every connection as PostgreSQL does at a
+shutdown (FATAL 57P01; a held statement is withdrawn) and waits for what the
+gateway started.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import secrets
 import ssl
 from collections.abc import Mapping
@@ -57,6 +62,12 @@ PASSED_PARAMETERS: Final = frozenset(
 )
 STARTUP_TIMEOUT: Final = 30.0
 CONNECT_TIMEOUT: Final = 10.0
+#: How long :meth:`PostgresGateway.stop` waits for what is under way (cancels
+#: forwarded upstream, held requests being withdrawn, connections closing).
+STOP_TIMEOUT: Final = 10.0
+#: What clients are told when the gateway stops (PostgreSQL's admin_shutdown).
+ADMIN_SHUTDOWN: Final = "57P01"
+SHUTDOWN_MESSAGE: Final = "jitgate: terminating connection due to administrator command"
 
 
 class Refused(Exception):
@@ -84,7 +95,15 @@ class PostgresGateway:
         self.sessions: dict[int, Session] = {}
         self._server: asyncio.Server | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        #: CancelRequests being passed on to an upstream.
+        self._cancels: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._ssl = _server_tls(config)
+        #: Client TLS contexts for the upstreams: (sslmode, sslrootcert) ->
+        #: (the root certificate file's stat stamp, context). See upstream_tls.
+        self._upstream_tls: dict[
+            tuple[str, str | None], tuple[tuple[int, int, int] | None, ssl.SSLContext]
+        ] = {}
         self.connections = 0
 
     # --- lifecycle --------------------------------------------------------------------
@@ -102,17 +121,58 @@ class PostgresGateway:
         host, port = self._server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop listening and end every connection with a FATAL 57P01, a held
+        statement's included (its request is withdrawn); return once what the
+        gateway started is done: start-ups, cancels passed on upstream, the
+        sessions' own tasks (withdrawing requests, reporting outcomes). What is
+        still running after ``timeout`` seconds is cancelled, connections not
+        yet closed are aborted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         for task in list(self._handshakes):
-            task.cancel()
-        for session in list(self.sessions.values()):
-            session.close("gateway stopping")
+            task.cancel()  # the client is told, see _handshake
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.fatal(ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)
+        await self._settle(sessions, deadline)
+        links = [link for s in sessions for link in (s.client, s.upstream)]
+        open_links = [link.closed for link in links if not link.closed.done()]
+        if open_links:
+            await asyncio.wait(open_links, timeout=max(0.0, deadline - loop.time()))
+        for link in links:
+            if not link.closed.done():
+                link.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-        await asyncio.gather(*self._handshakes, return_exceptions=True)
+                await asyncio.wait_for(
+                    self._server.wait_closed(), max(0.1, deadline - loop.time())
+                )
+
+    async def _settle(self, sessions: list[Session], deadline: float) -> None:
+        """Wait for the gateway's tasks and those of ``sessions`` (which may start
+        more as they end: a cancelled hold withdraws its request)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = {t for t in (*self._handshakes, *self._cancels) if not t.done()}
+            for session in sessions:
+                pending.update(t for t in session.background_tasks() if not t.done())
+            if not pending:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("gateway stopping: %d task(s) still running, cancelled", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=1.0)
+                return
+            done, _ = await asyncio.wait(pending, timeout=remaining)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("gateway task failed", exc_info=task.exception())
 
     def forget(self, session: Session) -> None:
         if self.sessions.get(session.pid) is session:
@@ -151,7 +211,11 @@ class PostgresGateway:
             client.abort()
             return
         except asyncio.CancelledError:
-            client.abort()
+            if self._stopping:
+                client.write(pg.error_response(ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, severity="FATAL"))
+                client.close()
+            else:
+                client.abort()
             raise
         except Exception:
             log.exception("start-up failed")
@@ -208,7 +272,11 @@ class PostgresGateway:
         kind, body = await client.read_message()
         if kind != ord("p"):
             raise pg.ProtocolViolation("expected a password message")
-        secret = pg.password_message(body).decode("utf-8", "replace")
+        try:
+            secret = pg.password_message(body).decode("utf-8")
+        except UnicodeDecodeError:
+            # No token is anything but ASCII; "replace" would only blur what was sent.
+            raise Refused("28P01", f'password authentication failed for user "{user}"') from None
         address = _peer(client)
         try:
             member = await self.port.authenticate(user, secret, address)
@@ -293,11 +361,14 @@ class PostgresGateway:
         self, link: Link, target: Target, client_params: Mapping[str, str]
     ) -> tuple[Link, dict[str, str], tuple[int, int], bytes, list[bytes]]:
         upstream = target.upstream
-        context = _client_tls(upstream)
+        context = self.upstream_tls(upstream)
         if context is not None:
             link.write(pg.SSL_REQUEST_PACKET)
             answer = await link.read_exact(1)
             if answer == b"S":
+                if link.buffered:
+                    # Bytes before the TLS handshake could come from anyone on the path.
+                    raise pg.ProtocolViolation("the upstream sent data after accepting TLS")
                 assert link.transport is not None
                 transport = await asyncio.get_running_loop().start_tls(
                     link.transport,
@@ -341,6 +412,28 @@ class PostgresGateway:
             else:
                 raise pg.ProtocolViolation(f"unexpected {chr(kind)!r} from the upstream at startup")
 
+    def upstream_tls(self, upstream: Upstream) -> ssl.SSLContext | None:
+        """The client TLS context for ``upstream`` (None: no TLS), built once for
+        each sslmode and root certificate file and shared by every login that
+        uses them (building one takes milliseconds: it loads certificates). A
+        root certificate file that changed on disk is loaded again."""
+        mode = upstream.sslmode
+        if mode in (None, "disable", "allow"):
+            return None
+        rootcert = str(upstream.sslrootcert) if upstream.sslrootcert is not None else None
+        stamp: tuple[int, int, int] | None = None
+        if rootcert is not None:
+            stat = os.stat(rootcert)  # OSError: the target is unreachable, as before
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        key = (mode, rootcert)
+        cached = self._upstream_tls.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        context = _client_tls(upstream)
+        assert context is not None
+        self._upstream_tls[key] = (stamp, context)
+        return context
+
     # --- cancel ----------------------------------------------------------------------
 
     def cancel(self, pid: int, secret: int) -> None:
@@ -352,8 +445,8 @@ class PostgresGateway:
         if session.cancel():
             return
         task = asyncio.get_running_loop().create_task(self._cancel_upstream(session))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def _cancel_upstream(self, session: Session) -> None:
         target = self.config.target_for(session.target)
@@ -370,6 +463,38 @@ class PostgresGateway:
                 await writer.wait_closed()
         except (OSError, TimeoutError) as exc:
             log.warning("cancel for session %s not delivered: %s", session.id, exc)
+
+
+class RunningGateway:
+    """A started gateway (see :func:`jitgate.gateways.postgres.start_gateway`):
+    the gateway, its statement recorder and the approval port it owns."""
+
+    def __init__(
+        self, gateway: PostgresGateway, recorder: StatementRecorder, port: ApprovalPort
+    ) -> None:
+        self.gateway = gateway
+        self.recorder = recorder
+        self.port = port
+        self._stopped = False
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.gateway.config
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address listened on (the real port when the config says 0)."""
+        return self.gateway.address
+
+    async def stop(self) -> None:
+        """Stop the gateway (its clients get a FATAL 57P01), write the statements
+        still queued, close the port. Calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.gateway.stop()
+        await self.recorder.close()
+        await self.port.close()
 
 
 def _peer(link: Link) -> str:

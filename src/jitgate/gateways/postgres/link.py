@@ -5,6 +5,12 @@ read_exact(n)``, ``await read_message()``); once the session is established it
 switches the connection to relay mode, where every chunk goes straight to a
 callback without a coroutine switch. Back-pressure is passed across: when the
 peer's outgoing buffer fills, this side stops reading.
+
+Before relay mode nothing drains the start-up buffer but the reads of the
+start-up sequence, which may be waiting for something else (the approval
+service checking a token): once the buffer holds more than ``inbox_limit``
+bytes (or more than the read in progress needs), reading pauses until the
+start-up sequence takes from it.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import struct
 from collections.abc import Callable
 from typing import cast
 
-from jitgate.gateways.postgres.protocol import ProtocolViolation
+from jitgate.gateways.postgres.protocol import MAX_STARTUP, ProtocolViolation
 
 _TYPED_HEADER = struct.Struct("!BI")
+#: Default bound of the start-up buffer: the largest startup packet and a little.
+INBOX_LIMIT = MAX_STARTUP + 16 * 1024
 
 
 class ConnectionClosed(Exception):
@@ -24,10 +32,14 @@ class ConnectionClosed(Exception):
 
 
 class Link(asyncio.Protocol):
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, inbox_limit: int = INBOX_LIMIT) -> None:
         self.transport: asyncio.Transport | None = None
         self.max_message = max_message
         self._inbox = bytearray()
+        #: Bytes buffered before reading pauses (a read that needs more raises it).
+        self.inbox_limit = inbox_limit
+        #: What the read in progress waits for (read_exact's n), 0 if none.
+        self._need = 0
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self.closed = asyncio.get_running_loop().create_future()
@@ -52,6 +64,8 @@ class Link(asyncio.Protocol):
             self.on_data(data)
             return
         self._inbox += data
+        if len(self._inbox) > max(self.inbox_limit, self._need):
+            self.hold_reading("inbox")
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -86,14 +100,23 @@ class Link(asyncio.Protocol):
     async def _more(self) -> None:
         if self._eof:
             raise ConnectionClosed("the connection was closed")
+        # More is needed than is buffered: whatever the bound, read.
+        self.release_reading("inbox")
         self._waiter = asyncio.get_running_loop().create_future()
         await self._waiter
 
     async def read_exact(self, n: int) -> bytes:
-        while len(self._inbox) < n:
-            await self._more()
+        if len(self._inbox) < n:
+            self._need = n
+            try:
+                while len(self._inbox) < n:
+                    await self._more()
+            finally:
+                self._need = 0
         data = bytes(self._inbox[:n])
         del self._inbox[:n]
+        if len(self._inbox) <= self.inbox_limit:
+            self.release_reading("inbox")
         return data
 
     async def read_message(self) -> tuple[int, bytes]:
@@ -117,6 +140,7 @@ class Link(asyncio.Protocol):
             rest = bytes(self._inbox)
             self._inbox.clear()
             on_data(rest)
+        self.release_reading("inbox")
 
     # --- writing and flow control -------------------------------------------------------
 

@@ -92,10 +92,18 @@ def decode_startup(packet: bytes) -> StartupPacket:
         fields.pop()
     if len(fields) % 2:
         raise ProtocolViolation("startup parameters are not name/value pairs")
-    try:
-        decoded = [f.decode("utf-8") for f in fields]
-    except UnicodeDecodeError:
-        raise ProtocolViolation("startup parameters are not UTF-8") from None
+    # Strictly: with replacement characters, different bytes would make the same
+    # user, database or setting name.
+    decoded: list[str] = []
+    for i, raw in enumerate(fields):
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            if i % 2:
+                what = f"the value of startup parameter {decoded[i - 1]!r}"
+            else:
+                what = "a startup parameter name"
+            raise ProtocolViolation(f"{what} is not UTF-8") from None
     params = dict(zip(decoded[0::2], decoded[1::2], strict=True))
     if "" in params:
         raise ProtocolViolation("empty startup parameter name")
@@ -478,7 +486,8 @@ def decode_backend_key_data(body: bytes | memoryview) -> tuple[int, int]:
 def command_rows(tag: str) -> int | None:
     """Rows a command tag reports (``INSERT 0 5`` -> 5, ``SELECT 3`` -> 3), else None."""
     parts = tag.split()
-    if len(parts) >= 2 and parts[-1].isdigit():
+    # ASCII decimal only: str.isdigit() also takes superscripts, which int() refuses.
+    if len(parts) >= 2 and parts[-1].isascii() and parts[-1].isdigit():
         return int(parts[-1])
     return None
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -33,15 +35,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import pglast
-from pglast import ast
-
 from jitgate.actions.model import Action, ActionKind, Actor, fingerprint
 from jitgate.gateways.port import ApprovalUnavailable, GatewayRefused, GatewayUser, StatementRecord
 from jitgate.gateways.postgres import protocol as pg
 from jitgate.gateways.postgres.link import Link
 from jitgate.policy import Decision, Outcome
-from jitgate.service.views import describe_final, describe_waiting
+from jitgate.request_words import describe_final, describe_waiting
 
 if TYPE_CHECKING:
     from jitgate.gateways.postgres.gateway import PostgresGateway
@@ -55,8 +54,15 @@ _ROW = ord("D")
 _ERROR, _READY, _COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "EZCIs")
 _PARSED, _BOUND, _CLOSED, _PARAMS, _ROWDESC, _NODATA = (ord(c) for c in "123tTn")
 _PARAMETER_STATUS, _FUNCTION_RESULT = ord("S"), ord("V")
-#: Command tags of SQL that creates or drops prepared statements by name.
-_REDEFINING_TAGS: Final = ("PREPARE", "DEALLOCATE", "DISCARD")
+_COPY_IN = ord("G")
+#: Statement types that may create, replace or drop prepared statements by name
+#: (DO and CALL run arbitrary code) ...
+_REDEFINES_STATEMENTS: Final = frozenset({"do", "call", "prepare", "deallocate", "discard"})
+#: ... or cursors, which share their names with protocol portals.
+_REDEFINES_PORTALS: Final = frozenset({"do", "call", "discard", "declare_cursor", "close"})
+#: Words a statement of those types must contain: texts without them need no
+#: closer look (a superset: a column named ``close`` matches too).
+_MAY_REDEFINE: Final = re.compile(r"(?i)\b(?:do|call|prepare|deallocate|discard|declare|close)\b")
 
 _INSUFFICIENT_PRIVILEGE: Final = "42501"
 _QUERY_CANCELED: Final = "57014"
@@ -73,7 +79,10 @@ _CODECS: Final = {
     "WIN1250": "cp1250",
     "WIN1251": "cp1251",
     "WIN1252": "cp1252",
-    "SJIS": "shift_jis",
+    # PostgreSQL's SJIS is Microsoft's: NEC and IBM extensions (0x875C, 0xFA5C...).
+    "SJIS": "cp932",
+    "SHIFTJIS2004": "shift_jis_2004",
+    "EUCJIS2004": "euc_jis_2004",
     "BIG5": "big5",
     "GBK": "gbk",
     "UHC": "cp949",
@@ -82,6 +91,9 @@ _CODECS: Final = {
     "EUC_KR": "euc_kr",
     "KOI8R": "koi8-r",
 }
+#: What cp932 decodes as one byte where PostgreSQL's SJIS reads the first of two
+#: (0x80, 0xA0, 0xFD-0xFF): a text holding one is refused, never misread.
+_SJIS_STRAYS: Final = frozenset("\x80\uf8f0\uf8f1\uf8f2\uf8f3")
 #: Texts of allowed statements remembered per session (policy without conditions only).
 _ALLOWED_CACHE: Final = 2048
 _MAX_CACHED_TEXT: Final = 8192
@@ -114,23 +126,44 @@ class _Expect:
     steps: int = 1
     #: Our own error to show the client instead of the upstream's (see _refuse).
     replace_error: bytes | None = None
+    #: Sent by the gateway itself (re-establishing a statement): the client
+    #: never sees its answer.
+    swallow: bool = False
+    #: CopyDone/CopyFail messages forwarded before this one (see _copy_in).
+    copies: int = 0
+    #: The statement this Parse defines again; in doubt again if it is skipped.
+    redo: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A statement the client prepared: what the gateway classifies it as."""
+
+    text: str | None
+    #: Why it cannot be classified (the text is then never run through jitgate).
+    refusal: str | None
+    #: The Parse message, to define it again when its name is in doubt.
+    parse: bytes
+    #: The settings its text was read with, where they matter (see _read_sql).
+    reads: tuple[str, bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Bound:
-    """A portal: the statement text and the values bound to it."""
+    """A portal: the statement text and the Bind that made it (decoded only when
+    its values are shown: most portals run allowed statements)."""
 
     text: str | None
-    params: tuple[bytes | None, ...]
-    formats: tuple[int, ...]
+    bind: bytes
     released: bool = False
+    refusal: str | None = None
 
     def rendered(self) -> list[str | None]:
         """The values as an approver reads them: text as is, binary as ``\\x`` hex."""
-        formats = self.formats
+        bind = pg.decode_bind(self.bind)
         out: list[str | None] = []
-        for i, value in enumerate(self.params):
-            binary = bool(formats) and (formats[0] if len(formats) == 1 else formats[i]) == 1
+        for i, value in enumerate(bind.params):
+            binary = bind.param_format(i) == 1
             if value is None:
                 out.append(None)
             elif binary:
@@ -151,13 +184,68 @@ class _Pending:
     portal: str | None = None
     bound: _Bound | None = None
     refusal: str | None = None
+    #: Whether it may redefine prepared statements or cursors (see _doubt).
+    redefines: bool = False
 
 
 _MISSING: Final = object()
 
 
+@dataclass(frozen=True, slots=True)
+class _Unread:
+    """SQL bytes the gateway cannot read as the upstream does, and why."""
+
+    why: str
+
+
+#: Not known yet: read once every earlier statement has been answered.
+_UNSETTLED: Final = _Unread("")
+
+
 class Session:
     """The relay between one client and its upstream connection."""
+
+    # Thousands of idle sessions: no per-instance dict.
+    __slots__ = (
+        "_allowed",
+        "_cancel_hold",
+        "_closing",
+        "_codec",
+        "_conforming",
+        "_copy_ends",
+        "_copying",
+        "_evaluator",
+        "_hold_task",
+        "_idle",
+        "_in_idle",
+        "_prefix",
+        "_tasks",
+        "actor",
+        "batch",
+        "batch_has_execute",
+        "blocked",
+        "cframes",
+        "client",
+        "client_address",
+        "discarding",
+        "doubtful",
+        "environment",
+        "expect",
+        "gateway",
+        "id",
+        "parameters",
+        "pending",
+        "pid",
+        "portals",
+        "secret",
+        "statements",
+        "status",
+        "target",
+        "uframes",
+        "upstream",
+        "upstream_key",
+        "user",
+    )
 
     def __init__(
         self,
@@ -189,11 +277,16 @@ class Session:
         self.cframes = pg.Frames(gateway.config.max_message_bytes)
         self.uframes = pg.Frames(2**31)
         self.expect: deque[_Expect] = deque()
-        self.statements: dict[str, str | None] = {}
+        self.statements: dict[str, _Prepared] = {}
+        #: Named statements SQL may have redefined since they were parsed: defined
+        #: again, from the Parse the gateway saw, before their next Bind.
+        self.doubtful: set[str] = set()
         self.portals: dict[str, _Bound] = {}
         self.batch = 0
         self.batch_has_execute = False
-        self.failed_batch = False
+        self._copy_ends = 0
+        self._copying = False
+        self._prefix = b""
         self.discarding = False
         self.blocked = False
         self.pending: _Pending | None = None
@@ -203,10 +296,10 @@ class Session:
         self._cancel_hold: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self._allowed: dict[str, Decision] = {}
+        self._allowed: dict[str, bool] = {}
         self._evaluator = gateway.port.evaluator
         self._codec = "utf-8"
-        self._refusal: str | None = None
+        self._conforming = True
         self.parameters = dict(parameters)
         for name, value in parameters.items():
             self._parameter(name, value)
@@ -237,6 +330,14 @@ class Session:
         self.client.close()
         self.gateway.forget(self)
 
+    def background_tasks(self) -> list[asyncio.Task[Any]]:
+        """What the session still runs: its hold, and what it spawned
+        (withdrawing a request, reporting an outcome)."""
+        tasks = list(self._tasks)
+        if self._hold_task is not None:
+            tasks.append(self._hold_task)
+        return tasks
+
     def fatal(self, sqlstate: str, text: str) -> None:
         """End the session with a FATAL error to the client."""
         self.client.write(pg.error_response(sqlstate, text, severity="FATAL"))
@@ -256,27 +357,70 @@ class Session:
                 value.upper()
             )
             self._codec = codec or ""
-        self._refusal = None
-        if not self._codec:
-            enc = self.parameters.get("client_encoding")
-            self._refusal = f"jitgate cannot read statements in client_encoding {enc}"
-        elif self.parameters.get("standard_conforming_strings", "on") != "on":
+        elif name == "standard_conforming_strings":
+            self._conforming = value == "on"
+
+    def _reads(self) -> tuple[str, bool]:
+        return (self._codec, self._conforming)
+
+    def _settled(self) -> bool:
+        """Whether the settings the upstream reads SQL with are known: nothing that
+        ran may have changed them without the gateway having seen its report
+        (the server reports changes just before ReadyForQuery)."""
+        if self.batch_has_execute:
+            return False
+        return not any(e.kind in (_Q, _E, _S, _F) for e in self.expect)
+
+    def _read_sql(self, data: bytes) -> str | _Unread:
+        """The text of SQL bytes as the upstream reads them, or why that is not known.
+
+        Pure ASCII without a backslash reads the same under every client
+        encoding and either ``standard_conforming_strings``; anything else needs
+        the settings in force when the upstream parses it.
+        """
+        if data.isascii() and b"\\" not in data:
+            return data.decode("ascii")
+        if not self._settled():
+            if self.batch_has_execute:
+                return _Unread(
+                    "jitgate cannot tell how the server reads this statement: an earlier "
+                    "statement of the same pipeline may have changed client_encoding or "
+                    "standard_conforming_strings (send Sync before it)"
+                )
+            return _UNSETTLED
+        if not self._conforming and b"\\" in data:
             # With it off, backslashes escape quotes: the parser jitgate uses
             # would see different statements than the server runs.
-            self._refusal = "jitgate requires standard_conforming_strings = on"
-        self._allowed.clear()
+            return _Unread(
+                "jitgate requires standard_conforming_strings = on for statements "
+                "with backslashes"
+            )
+        codec = self._codec
+        if not codec:
+            enc = self.parameters.get("client_encoding")
+            return _Unread(f"jitgate cannot read non-ASCII statements in client_encoding {enc}")
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            enc = self.parameters.get("client_encoding", "UTF8")
+            return _Unread(f"the statement is not valid {enc}")
+        if codec == "cp932" and not _SJIS_STRAYS.isdisjoint(text):
+            return _Unread("the statement is not valid SJIS")
+        return text
 
-    def _decode(self, data: bytes) -> str:
-        return data.decode(self._codec or "utf-8", "replace")
-
-    def _decide(self, text: str) -> Decision:
+    def _decide(self, text: str) -> tuple[Decision | None, bool]:
+        """The decision on ``text`` (None: allowed), and whether it may redefine
+        the session's prepared statements or cursors."""
         evaluator = self.gateway.port.evaluator
         if evaluator is not self._evaluator:
             self._evaluator = evaluator
             self._allowed.clear()
         known = self._allowed.get(text)
         if known is not None:
-            return known
+            return None, known
+        may_redefine = _MAY_REDEFINE.search(text) is not None
+        if not may_redefine and evaluator.allows(text, self.target, self.environment, self.actor):
+            return None, False
         action = Action(
             kind=ActionKind.SQL,
             text=text,
@@ -286,15 +430,33 @@ class Session:
             at=datetime.now(UTC),
         )
         decision = evaluator.evaluate(action)
-        if (
-            decision.outcome is Outcome.ALLOW
-            and evaluator.memoizes
-            and len(text) <= _MAX_CACHED_TEXT
-        ):
+        redefines = may_redefine and self._redefines(decision)
+        if decision.outcome is not Outcome.ALLOW:
+            return decision, redefines
+        if evaluator.memoizes and len(text) <= _MAX_CACHED_TEXT:
             if len(self._allowed) >= _ALLOWED_CACHE:
                 del self._allowed[next(iter(self._allowed))]
-            self._allowed[text] = decision
-        return decision
+            self._allowed[text] = redefines
+        return None, redefines
+
+    @staticmethod
+    def _redefines(decision: Decision) -> bool:
+        types = {unit.type for unit in decision.analysis.units}
+        return not types.isdisjoint(_REDEFINES_STATEMENTS | _REDEFINES_PORTALS)
+
+    def _doubt(self) -> None:
+        """A statement that may redefine prepared statements or cursors by name
+        is on its way upstream: named statements are defined again before their
+        next use, named portals are no longer known (refused at Execute)."""
+        self.doubtful.update(name for name in self.statements if name)
+        for name, bound in list(self.portals.items()):
+            if name:
+                self.portals[name] = _Bound(
+                    None,
+                    bound.bind,
+                    refusal=f"jitgate no longer knows what portal {name!r} runs (a statement "
+                    "since then may have replaced the cursor of that name)",
+                )
 
     # --- client -> upstream -----------------------------------------------------------
 
@@ -327,10 +489,23 @@ class Session:
                         out.append(frames.span(run, start))
                     run = end
                     continue
-                if kind in (_COPY_DATA, _H, _COPY_DONE, _COPY_FAIL):
+                if kind in (_COPY_DATA, _H):
                     continue
+                if kind in (_COPY_DONE, _COPY_FAIL):
+                    self._copy_ends += 1
+                    self._copying = False
+                    continue
+                if kind == _S and self._copying:
+                    continue  # the server ignores Sync in copy-in mode
                 verdict = self._client_message(kind, start, end)
                 if verdict is _FORWARD:
+                    continue
+                if verdict is _PREFIX:
+                    if run < start:
+                        out.append(frames.span(run, start))
+                    out.append(self._prefix)
+                    self._prefix = b""
+                    run = start
                     continue
                 if run < start:
                     out.append(frames.span(run, start))
@@ -359,6 +534,8 @@ class Session:
         self._run_idle()
 
     def _expect(self, expect: _Expect) -> None:
+        expect.batch = self.batch
+        expect.copies = self._copy_ends
         self.expect.append(expect)
 
     def _sync(self) -> None:
@@ -368,24 +545,57 @@ class Session:
     def _client_message(self, kind: int, start: int, end: int) -> object:
         frames = self.cframes
         if kind == _Q:
-            text = self._decode(pg.query_text(frames.span(start + 5, end)))
-            return self._statement(_Q, frames.span(start, end), text, None, None)
+            text = self._read_sql(pg.query_text(frames.span(start + 5, end)))
+            if text is _UNSETTLED:
+                return self._wait_idle()
+            raw = frames.span(start, end)
+            if isinstance(text, _Unread):
+                return self._block(_Pending(_Q, raw, "", None, refusal=text.why))
+            return self._statement(_Q, raw, text, None, None)
         if kind == _P:
             parse = pg.decode_parse(frames.span(start + 5, end))
-            prev = self.statements.get(parse.name, _MISSING)
-            self.statements[parse.name] = self._decode(parse.query)
-            self._expect(_Expect(_P, undo=("statement", parse.name, prev), batch=self.batch))
+            read = self._read_sql(parse.query)
+            if read is _UNSETTLED:
+                return self._wait_idle()
+            name = parse.name
+            prev = self.statements.get(name, _MISSING)
+            raw = frames.span(start, end)
+            if isinstance(read, _Unread):
+                self.statements[name] = _Prepared(None, read.why, raw)
+            else:
+                plain = parse.query.isascii() and b"\\" not in parse.query
+                self.statements[name] = _Prepared(read, None, raw, None if plain else self._reads())
+            self.doubtful.discard(name)
+            self._expect(_Expect(_P, undo=("statement", name, prev)))
             return _FORWARD
         if kind == _B:
             if self._stale():
                 return self._wait_idle()
-            bind = pg.decode_bind(frames.span(start + 5, end))
-            prev = self.portals.get(bind.portal, _MISSING)
-            self.portals[bind.portal] = _Bound(
-                self.statements.get(bind.statement), bind.params, bind.param_formats
-            )
-            self._expect(_Expect(_B, undo=("portal", bind.portal, prev), batch=self.batch))
-            return _FORWARD
+            body = frames.span(start + 5, end)
+            portal, name = _bind_names(body)
+            prepared = self.statements.get(name)
+            verdict = _FORWARD
+            what: str | None = None if prepared is None else prepared.text
+            refusal = None if prepared is None else prepared.refusal
+            if prepared is not None and name in self.doubtful:
+                if prepared.reads is not None and prepared.reads != self._reads():
+                    if not self._settled() and not self.batch_has_execute:
+                        return self._wait_idle()
+                    what, refusal = None, (
+                        f"jitgate cannot define statement {name!r} again as it classified it: "
+                        "client_encoding or standard_conforming_strings changed since"
+                    )
+                else:
+                    # Close and Parse it again: the upstream then runs what was classified.
+                    self.doubtful.discard(name)
+                    self._prefix = pg.message(b"C", b"S" + pg.cstring(name)) + prepared.parse
+                    self._expect(_Expect(_C, swallow=True))
+                    self._expect(_Expect(_P, swallow=True, redo=name))
+                    verdict = _PREFIX
+            prev = self.portals.get(portal, _MISSING)
+            self.portals[portal] = _Bound(what, body, refusal=refusal)
+            self._expect(_Expect(_B, undo=("portal", portal, prev)))
+            return verdict
         if kind == _E:
             if self._stale():
                 return self._wait_idle()
@@ -393,18 +603,13 @@ class Session:
             bound = self.portals.get(portal)
             raw = frames.span(start, end)
             if bound is None or bound.text is None:
-                return self._block(
-                    _Pending(
-                        _E,
-                        raw,
-                        "",
-                        None,
-                        portal,
-                        bound,
-                        refusal=f"jitgate does not know portal {portal!r} (it was not bound "
-                        "through this connection's protocol messages)",
-                    )
+                refusal = (
+                    bound.refusal
+                    if bound is not None and bound.refusal is not None
+                    else f"jitgate does not know portal {portal!r} (it was not bound "
+                    "through this connection's protocol messages)"
                 )
+                return self._block(_Pending(_E, raw, "", None, portal, bound, refusal=refusal))
             if bound.released:
                 stmt = _Statement(bound.text, "require_approval", time.perf_counter())
                 self._expect(_Expect(_E, statement=stmt))
@@ -423,7 +628,7 @@ class Session:
                 undo = ("statement", name, self.statements.pop(name, _MISSING))
             else:
                 undo = ("portal", name, self.portals.pop(name, _MISSING))
-            self._expect(_Expect(_C, undo=undo, batch=self.batch))
+            self._expect(_Expect(_C, undo=undo))
             return _FORWARD
         if kind == _S:
             self._expect(_Expect(_S))
@@ -452,7 +657,12 @@ class Session:
     def _stale(self) -> bool:
         """Whether definitions sent before an earlier Sync are still unanswered."""
         batch = self.batch
-        return any(expect.undo is not None and expect.batch < batch for expect in self.expect)
+        for expect in self.expect:  # in the order sent: batches never decrease
+            if expect.batch >= batch:
+                return False
+            if expect.undo is not None:
+                return True
+        return False
 
     def _wait_idle(self) -> object:
         self.blocked = True
@@ -462,19 +672,24 @@ class Session:
     def _statement(
         self, kind: int, raw: bytes, text: str, portal: str | None, bound: _Bound | None
     ) -> object:
-        refusal = self._refusal
-        if refusal is None and not self.gateway.recorder.accepting:
+        if not self.gateway.recorder.accepting:
             refusal = "jitgate cannot record statements right now (audit backlog full)"
-        if refusal is not None:
             return self._block(_Pending(kind, raw, text, None, portal, bound, refusal=refusal))
-        decision = self._decide(text)
-        if decision.outcome is Outcome.ALLOW:
+        if not text or text.isspace():
+            decision: Decision | None = None  # the server answers EmptyQueryResponse
+            redefines = False
+        else:
+            decision, redefines = self._decide(text)
+        if decision is None:
+            if redefines:
+                self._doubt()
             stmt = _Statement(text, "allow", time.perf_counter())
             self._expect(_Expect(kind, statement=stmt))
             if kind == _E:
                 self.batch_has_execute = True
             return _FORWARD
-        return self._block(_Pending(kind, raw, text, decision, portal, bound))
+        pending = _Pending(kind, raw, text, decision, portal, bound, redefines=redefines)
+        return self._block(pending)
 
     def _block(self, pending: _Pending) -> object:
         self.blocked = True
@@ -510,8 +725,8 @@ class Session:
         """Every response before the pending message is in: refuse or hold it."""
         pending = self.pending
         assert pending is not None
-        if pending.kind == _E and self.failed_batch:
-            # The upstream is skipping to Sync after an error: so would this Execute.
+        if self.discarding:
+            # The upstream failed this batch and skips to Sync: so does the gateway.
             self._unblock()
             return
         if pending.refusal is not None:
@@ -556,12 +771,14 @@ class Session:
     def _release(self, pending: _Pending, request_id: str | None, params: Any) -> None:
         stmt = _Statement(pending.text, "require_approval", time.perf_counter(), request_id)
         stmt.parameters = params
+        if pending.redefines:
+            self._doubt()
         self._expect(_Expect(pending.kind, statement=stmt))
         if pending.kind == _E:
             self.batch_has_execute = True
             if pending.portal is not None and pending.bound is not None:
                 self.portals[pending.portal] = _Bound(
-                    pending.bound.text, pending.bound.params, pending.bound.formats, released=True
+                    pending.bound.text, pending.bound.bind, released=True
                 )
         self.upstream.write(pending.raw)
         self._unblock()
@@ -751,11 +968,10 @@ class Session:
             if not expect:
                 raise _Desync(f"{chr(kind)} without a statement")
             head = expect[0]
+            self._copying = False  # whatever ran, a copy in progress ended here
             if head.statement is not None and kind == _COMPLETE:
                 tag = self.uframes.span(start + 5, end - 1).decode("utf-8", "replace")
                 head.statement.tags.append(tag)
-                if tag.startswith(_REDEFINING_TAGS):
-                    self._forget_prepared(head.statement.text)
             if head.kind == _E:
                 expect.popleft()
                 if head.statement is not None:
@@ -770,7 +986,6 @@ class Session:
             if head.statement is not None:
                 self._finish(head.statement)
             self.status = self.uframes.span(start + 5, end)
-            self.failed_batch = False
             if self.status == b"I":
                 # Named portals live until the end of the transaction.
                 self.portals.clear()
@@ -781,8 +996,7 @@ class Session:
             want = {_PARSED: _P, _BOUND: _B, _CLOSED: _C}[kind]
             if not expect or expect[0].kind != want:
                 raise _Desync(f"{chr(kind)} out of turn")
-            expect.popleft()
-            return None
+            return b"" if expect.popleft().swallow else None
         if kind in (_PARAMS, _ROWDESC, _NODATA):
             if expect and expect[0].kind == _D:
                 head = expect[0]
@@ -797,38 +1011,32 @@ class Session:
             name, value = pg.decode_parameter_status(self.uframes.span(start + 5, end))
             self._parameter(name, value)
             return None
+        if kind == _COPY_IN:
+            self._copy_in()
+            return None
         return None  # notices, notifications, COPY traffic, function results: relayed
 
-    def _forget_prepared(self, text: str) -> None:
-        """SQL ``PREPARE``, ``DEALLOCATE`` or ``DISCARD`` changed the server's
-        prepared statements behind the protocol's back: the names they touch
-        are no longer known (a Bind to them is refused, not classified by a
-        text that is no longer what runs)."""
-        try:
-            statements = pglast.parse_sql(text)
-        except Exception:
-            statements = None
-        names: set[str] = set()
-        for raw in statements or ():
-            node = raw.stmt
-            name = getattr(node, "name", None)
-            if isinstance(node, (ast.DeallocateStmt, ast.PrepareStmt)) and name:
-                names.add(name)
-            elif isinstance(node, (ast.DeallocateStmt, ast.PrepareStmt, ast.DiscardStmt)):
-                names = set(self.statements)
-                break
-        if statements is None:
-            names = set(self.statements)
-        for name in names:
-            self.statements[name] = None
-        if statements is None or any(isinstance(r.stmt, ast.DiscardStmt) for r in statements):
-            self.portals.clear()
+    def _copy_in(self) -> None:
+        """CopyInResponse: the server now ignores Sync (and Flush) until the
+        client's CopyDone or CopyFail. Syncs already forwarded in between (libpq
+        sends one right after the Execute) get no ReadyForQuery."""
+        if not self.expect:
+            raise _Desync("CopyInResponse without a statement")
+        # Syncs forwarded after the statement and before the client's next
+        # CopyDone or CopyFail reached the server in copy-in mode: ignored.
+        head = self.expect[0]
+        ignored = [e for e in self.expect if e.kind == _S and e.copies == head.copies]
+        for expect in ignored:
+            self.expect.remove(expect)
+        # Unless the client already ended the copy (pipelined), later Syncs are ignored too.
+        self._copying = self._copy_ends == head.copies
 
     def _upstream_error(self, start: int, end: int) -> bytes | None:
         expect = self.expect
         body = self.uframes.span(start + 5, end)
         if not expect:
             return None  # e.g. FATAL at shutdown: relayed, the connection then ends
+        self._copying = False
         head = expect[0]
         fields = pg.decode_fields(body)
         error = f"{fields.get('C', '?')} {fields.get('M', '')}"
@@ -845,6 +1053,8 @@ class Session:
             item = expect.popleft()
             if item.undo is not None:
                 undo.append(item)
+            if item.redo is not None:
+                self.doubtful.add(item.redo)
             if item.statement is not None:
                 if first:
                     item.statement.error = error
@@ -860,7 +1070,10 @@ class Session:
                 table.pop(name, None)
             else:
                 table[name] = prev
-        self.failed_batch = True
+        if not expect:
+            # The batch's Sync is still to come: the upstream skips everything
+            # up to it, and so must the gateway (nothing of it is answered).
+            self.discarding = True
         return replacement
 
     # --- audit ------------------------------------------------------------------------
@@ -889,7 +1102,7 @@ class Session:
                 session=self.id,
                 client=self.client_address,
                 gateway=self.gateway.config.name,
-                at=datetime.now(UTC).isoformat(),
+                at=_now_iso(),
             )
         )
         if stmt.request_id is not None:
@@ -916,6 +1129,64 @@ class _Desync(Exception):
     """The upstream answered something the session did not expect."""
 
 
+_second: int = 0
+_second_text: str = ""
+
+
+def _now_iso() -> str:
+    """The time now in ISO 8601 (UTC, microseconds), formatting the date once a second."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = second
+    return f"{_second_text}.{int((now - second) * 1_000_000):06d}+00:00"
+
+
+def _bind_names(body: bytes) -> tuple[str, str]:
+    """(portal, statement) of a Bind body, which must be well formed: the values
+    themselves are decoded only when they are shown (see _Bound.rendered)."""
+    first = body.find(b"\x00")
+    second = body.find(b"\x00", first + 1) if first >= 0 else -1
+    if second < 0:
+        raise pg.ProtocolViolation("malformed Bind message")
+    try:
+        portal, statement = body[:first].decode(), body[first + 1 : second].decode()
+    except UnicodeDecodeError:
+        raise pg.ProtocolViolation("Bind: a name is not UTF-8") from None
+    try:
+        at = second + 1
+        (nformats,) = _INT16.unpack_from(body, at)
+        at += 2
+        formats = struct.unpack_from(f"!{nformats}h", body, at) if nformats > 0 else ()
+        at += 2 * nformats
+        (nparams,) = _INT16.unpack_from(body, at)
+        at += 2
+        if nformats < 0 or nparams < 0 or nformats not in (0, 1, nparams):
+            raise pg.ProtocolViolation("Bind: parameter formats do not match the parameters")
+        if any(f not in (0, 1) for f in formats):
+            raise pg.ProtocolViolation("Bind: a parameter format is neither text nor binary")
+        for _ in range(nparams):
+            (length,) = _INT32.unpack_from(body, at)
+            at += 4
+            if length > 0:
+                at += length
+            elif length < -1:
+                raise pg.ProtocolViolation("malformed Bind message (negative length)")
+        (nresults,) = _INT16.unpack_from(body, at)
+        at += 2 + 2 * nresults
+    except struct.error:
+        raise pg.ProtocolViolation("malformed Bind message (truncated)") from None
+    if nresults < 0 or at != len(body):
+        raise pg.ProtocolViolation("malformed Bind message")
+    return portal, statement
+
+
+_INT16: Final = struct.Struct("!h")
+_INT32: Final = struct.Struct("!i")
+
+
 def _rules_detail(decision: Decision) -> str | None:
     if not decision.rules:
         return None
@@ -923,6 +1194,8 @@ def _rules_detail(decision: Decision) -> str | None:
 
 
 _FORWARD: Final = object()
+#: Forward the message after ``Session._prefix`` (the gateway's own messages).
+_PREFIX: Final = object()
 _DROP: Final = object()
 _STOP: Final = object()
 _AGAIN: Final = object()
