@@ -69,6 +69,45 @@ async def test_batches_fill_up_or_wait_for_a_flush() -> None:
     await recorder.close()
 
 
+async def test_records_arriving_one_by_one_wake_the_writer_when_it_waits() -> None:
+    """The writer is woken only by a first record or a full batch: check each
+    state it can be in when records arrive one at a time, with the loop
+    running in between (waiting for a first record, waiting for the batch to
+    fill, busy writing, idle again)."""
+    sink = Sink()
+    recorder = StatementRecorder(sink, max_batch=3, max_delay=60)
+    numbers = itertools.count()
+
+    async def one_by_one(count: int) -> None:
+        for _ in range(count):
+            recorder.record(rec(next(numbers)))
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+    async def batches(count: int) -> None:
+        async with asyncio.timeout(5):
+            while len(sink.batches) < count:
+                await asyncio.sleep(0.005)
+
+    await one_by_one(3)  # fills a batch while the writer waits for it
+    await batches(1)
+    sink.gate = asyncio.Event()
+    await one_by_one(3)  # the next batch is taken to be written, and blocks
+    await one_by_one(4)  # more arrive while the writer is busy
+    assert len(sink.batches) == 1
+    sink.gate.set()
+    await batches(3)
+    await asyncio.sleep(0.05)
+    assert [len(b) for b in sink.batches] == [3, 3, 3]
+    assert recorder.pending == 1  # waits for max_delay (60 s) or a flush
+    assert await recorder.flush(timeout=5)
+    await one_by_one(2)  # idle again: a first record wakes the writer
+    assert await recorder.flush(timeout=5)
+    assert [len(b) for b in sink.batches] == [3, 3, 3, 1, 2]
+    assert sink.written == [str(n) for n in range(12)]
+    await recorder.close()
+
+
 async def test_a_partial_batch_goes_after_max_delay() -> None:
     sink = Sink()
     recorder = StatementRecorder(sink, max_batch=100, max_delay=0.05)

@@ -329,6 +329,7 @@ def test_upstream_tls_contexts_are_built_once_per_sslmode_and_root_certificate(
     dsns = {
         "req1": "postgresql://u@db1/x?sslmode=require",
         "req2": "postgresql://u@db2/y?sslmode=require",
+        "req_a": f"postgresql://u@db1/x?sslmode=require&sslrootcert={ca_a}",
         "prefer": "postgresql://u@db1/x?sslmode=prefer",
         "full_a": f"postgresql://u@db1/x?sslmode=verify-full&sslrootcert={ca_a}",
         "full_a2": f"postgresql://u@db2/y?sslmode=verify-full&sslrootcert={ca_a}",
@@ -358,8 +359,8 @@ def test_upstream_tls_contexts_are_built_once_per_sslmode_and_root_certificate(
     contexts = {name: gateway.upstream_tls(upstream) for name, upstream in upstreams.items()}
     again = {name: gateway.upstream_tls(upstream) for name, upstream in upstreams.items()}
     assert all(again[name] is contexts[name] for name in contexts)
-    # One context per (sslmode, root certificate file): five here.
-    assert len(built) == 5
+    # One context per (sslmode, root certificate file): six here.
+    assert len(built) == 6
     assert contexts["plain"] is None
     assert contexts["req1"] is contexts["req2"]
     assert contexts["full_a"] is contexts["full_a2"]
@@ -377,6 +378,12 @@ def test_upstream_tls_contexts_are_built_once_per_sslmode_and_root_certificate(
     assert not require.check_hostname
     assert require.verify_mode == ssl.CERT_NONE
     assert prefer.verify_mode == ssl.CERT_NONE
+    # As libpq: "require" with a root certificate verifies the chain (verify-ca).
+    require_ca = contexts["req_a"]
+    assert require_ca is not None
+    assert not require_ca.check_hostname
+    assert require_ca.verify_mode == ssl.CERT_REQUIRED
+    assert ca_names(require_ca) == {"CA A"}
     assert ca_names(full_a) == ca_names(ca_only) == {"CA A"}
     assert ca_names(full_b) == {"CA B"}
     # A root certificate file replaced on disk is loaded again.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from jitgate.actions.findings import Analysis, Finding, Unit
 from jitgate.actions.model import Action, ActionKind
-from jitgate.actions.shell import analyze_shell
 from jitgate.actions.sql import analyze_sql
 from jitgate.actions.structured import STRUCTURED_ANALYZERS
 
@@ -15,6 +14,10 @@ def analyze_text(kind: ActionKind, text: str) -> Analysis:
         if kind is ActionKind.SQL:
             return analyze_sql(text)
         if kind is ActionKind.SHELL:
+            # Imported on first use: a SQL-only process (the PostgreSQL
+            # gateway) never loads the shell grammar and command tables.
+            from jitgate.actions.shell import analyze_shell
+
             return analyze_shell(text)
     except Exception as error:
         return analyzer_failure(kind, error)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from jitgate.actions.findings import Analysis, Finding, Unit, excerpt
-from jitgate.actions.shell import analyze_shell
 from jitgate.actions.sql import analyze_sql
 
 #: Verbs that make an operation destructive or disruptive when they appear as a
@@ -126,6 +125,8 @@ def analyze_tool_call(payload: Mapping[str, Any]) -> Analysis:
         if key in SQL_ARGUMENTS:
             findings += _embedded(f"{tool}.{name}", analyze_sql(value), 0, value)
         elif key in COMMAND_ARGUMENTS:
+            from jitgate.actions.shell import analyze_shell  # loaded on first use
+
             findings += _embedded(f"{tool}.{name}", analyze_shell(value), 0, value)
     if not findings:
         findings.append(Finding.of("tool.call", f"tool {tool!r} called", subject=tool))

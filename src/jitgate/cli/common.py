@@ -6,13 +6,14 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from jitgate.policy import Policy, PolicyError, default_policy, load_policy
+if TYPE_CHECKING:
+    from jitgate.policy import Policy
 
 #: Exit code for bad input or configuration (distinct from decision codes).
 EXIT_USAGE = 2
@@ -28,6 +29,10 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def load_policy_or_exit(path: Path | None) -> Policy:
+    # Imported here: the commands that never read a policy file (requests,
+    # admin, every --help) need not load the policy engine and its analyzers.
+    from jitgate.policy import PolicyError, default_policy, load_policy
+
     if path is None:
         return default_policy()
     try:

@@ -117,11 +117,16 @@ class StatementRecorder:
                     self.dropped,
                 )
             return
-        self._queue.append(record)
-        self._idle.clear()
-        if self._task is None:
-            self.start()
-        self._wake.set()
+        queue = self._queue
+        queue.append(record)
+        waiting = len(queue)
+        # The writer waits for a first record or for a full batch; waking it
+        # for every record in between would cost a task switch per statement.
+        if waiting == 1 or waiting >= self.max_batch:
+            self._idle.clear()
+            if self._task is None:
+                self.start()
+            self._wake.set()
 
     # --- lifecycle --------------------------------------------------------------------
 

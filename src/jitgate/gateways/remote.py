@@ -335,24 +335,27 @@ class RemoteApprovals:
         """``POST /api/v1/audit/statements``, as few times as the size limits
         allow (each call one transaction). If a later call fails after earlier
         ones succeeded, :class:`PartiallyRecorded` says how many were written."""
-        chunks = self._chunks(records)
         written = 0
-        for chunk in chunks:
+        for chunk in self._chunks(records):
+            # Each record is encoded once, to measure it; the body is those bytes.
+            body = b'{"records":[' + b",".join(chunk) + b"]}"
             try:
-                await self._json("POST", f"{API}/audit/statements", {"records": chunk})
+                self._decode(await self._send("POST", f"{API}/audit/statements", raw=body))
             except Exception as error:
                 if written == 0:
                     raise
                 raise PartiallyRecorded(written, error) from error
             written += len(chunk)
 
-    def _chunks(self, records: Sequence[StatementRecord]) -> list[list[dict[str, Any]]]:
+    def _chunks(self, records: Sequence[StatementRecord]) -> list[list[bytes]]:
+        """The records' JSON forms, grouped into request bodies within the limits."""
         budget = self.max_request_bytes - 64  # {"records":[...]} and separators
-        chunks: list[list[dict[str, Any]]] = []
-        chunk: list[dict[str, Any]] = []
+        chunks: list[list[bytes]] = []
+        chunk: list[bytes] = []
         size = 0
         for record in records:
-            data, length = self._fitted(record, budget)
+            data = self._fitted(record, budget)
+            length = len(data)
             if chunk and (size + length + 1 > budget or len(chunk) >= MAX_RECORDS):
                 chunks.append(chunk)
                 chunk, size = [], 0
@@ -363,19 +366,17 @@ class RemoteApprovals:
         return chunks
 
     @staticmethod
-    def _fitted(record: StatementRecord, budget: int) -> tuple[dict[str, Any], int]:
+    def _fitted(record: StatementRecord, budget: int) -> bytes:
         """The record's JSON form within ``budget`` bytes (its text cut if need be)."""
         fitted = fit_record(record, MAX_TEXT_BYTES, MAX_REST_BYTES)
-        data = record_dict(fitted)
-        length = len(json_bytes(data))
+        data = json_bytes(record_dict(fitted))
         limit = len(fitted.text.encode("utf-8", "surrogatepass"))
         for _ in range(8):
-            if length <= budget:
+            if len(data) <= budget:
                 break
-            limit = max(0, limit - (length - budget) - 256)
-            data = record_dict(fit_text(record, limit))
-            length = len(json_bytes(data))
-        return data, length
+            limit = max(0, limit - (len(data) - budget) - 256)
+            data = json_bytes(record_dict(fit_text(record, limit)))
+        return data
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -387,12 +388,15 @@ class RemoteApprovals:
         *,
         headers: Mapping[str, str] | None = None,
         as_gateway: bool = True,
+        raw: bytes | None = None,
     ) -> httpx.Response:
-        """The server's answer (a 2xx, or a 401 to a user's token); else raises."""
+        """The server's answer (a 2xx, or a 401 to a user's token); else raises.
+        ``raw``: a body already encoded as JSON, instead of ``body``."""
         all_headers = dict(headers or {})
-        content = None
+        content = raw
         if body is not None:
             content = json_bytes(body)
+        if content is not None:
             all_headers["Content-Type"] = "application/json"
         try:
             response = await self._http.request(method, path, content=content, headers=all_headers)

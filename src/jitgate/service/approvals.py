@@ -1078,12 +1078,16 @@ class ApprovalService:
 
         return await self._mutate(principal, request_id, op)
 
-    async def record_statements(self, principal: Principal, records: Sequence[Any]) -> int:
+    async def record_statements(
+        self, principal: Principal, records: Sequence[Any], *, strict: bool = False
+    ) -> int:
         """Append one ``statement.executed`` event per record (mappings or
         ``StatementRecord`` objects), all in one transaction; how many. Service
         accounts and admins for anyone, others for themselves only (403); see
-        :mod:`jitgate.service.statements` for the limits."""
-        return await _record_statements(self.db, principal, records, self._now())
+        :mod:`jitgate.service.statements` for the limits. ``strict``: records
+        as a request body carries them, in the shape the API documents
+        (:func:`jitgate.service.statements.statement_event`)."""
+        return await _record_statements(self.db, principal, records, self._now(), strict=strict)
 
     # --- grants -----------------------------------------------------------------------
 

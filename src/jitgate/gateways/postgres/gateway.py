@@ -521,7 +521,11 @@ def _client_tls(upstream: Upstream) -> ssl.SSLContext | None:
     if mode in (None, "disable", "allow"):
         return None
     context = ssl.create_default_context(cafile=upstream.sslrootcert)
-    if mode in ("prefer", "require"):
+    if mode == "require" and upstream.sslrootcert is not None:
+        # As libpq: with a root certificate, "require" verifies the chain
+        # (verify-ca); a configured CA silently ignored would be a surprise.
+        context.check_hostname = False
+    elif mode in ("prefer", "require"):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     elif mode == "verify-ca":
