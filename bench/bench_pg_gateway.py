@@ -23,6 +23,11 @@ Measured:
    of the select-only load itself. After a run through jitgate the bench
    waits until the audit trail holds every statement (shown as "drain"), so
    the next configuration does not pay for jitgate's backlog.
+   With the breakdown (default; ``--no-breakdown`` skips it), two reference
+   proxies from bench/pg_reference.py run the same load: ``relay``, a bare
+   uvloop byte relay (what moving the bytes costs in Python), and
+   ``unaudited``, the gateway with its statement records discarded (its own
+   per-statement work without the audit trail's).
 2. added latency: one client, sequential ``SELECT 1`` (simple query, and a
    prepared statement), interleaved in chunks across the three paths; median
    and p99 per statement, and what the proxies add to direct.
@@ -78,6 +83,10 @@ JITGATE = [sys.executable, "-m", "jitgate"]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MODES = ("simple", "prepared")
 PATHS = ("direct", "jitgate", "pgbouncer")
+#: The breakdown's reference proxies (bench/pg_reference.py), throughput only:
+#: a bare uvloop byte relay, and the gateway with its statement records discarded.
+REFERENCE_PATHS = ("relay", "unaudited")
+REFERENCE = [sys.executable, str(Path(__file__).with_name("pg_reference.py"))]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -373,6 +382,34 @@ class World:
             "jitgate", port, "bench", target, password=self.tokens["bench"], pid=process.pid
         )
 
+    def start_references(self) -> None:
+        """The breakdown's reference proxies, each its own process."""
+        a = self.args
+        port = free_port()
+        process = self.spawn(
+            "relay",
+            [*REFERENCE, "relay", "--listen", f"127.0.0.1:{port}",
+             "--upstream", f"{a.pg_host}:{a.pg_port}"],
+            env=self.env,
+        )  # fmt: skip
+        wait_port(port, process, "relay", self.logs["relay"])
+        self.endpoints["relay"] = Endpoint("relay", port, a.pg_user, self.database, pid=process.pid)
+        port = free_port()
+        upstream = (
+            f"postgresql://{a.pg_user}@{a.pg_host}:{a.pg_port}/{self.database}?sslmode=disable"
+        )
+        process = self.spawn(
+            "unaudited",
+            [*REFERENCE, "gateway-unaudited", "--listen", f"127.0.0.1:{port}",
+             "--upstream", upstream, "--env", "production", "--target", "bench",
+             "--url", self.url, "--token", self.tokens["gw"]],
+            env=self.env,
+        )  # fmt: skip
+        wait_port(port, process, "unaudited", self.logs["unaudited"])
+        self.endpoints["unaudited"] = Endpoint(
+            "unaudited", port, "bench", "bench", password=self.tokens["bench"], pid=process.pid
+        )
+
     def audit_count(self) -> int:
         """``statement.executed`` events in the trail (read-only; the store is in WAL mode)."""
         db = self.root / "jitgate-data" / "jitgate.db"
@@ -630,7 +667,7 @@ def pgbench(world: World, path: str, mode: str, seconds: int) -> PgbenchResult:
 
 def throughput(world: World) -> dict[tuple[str, str], list[PgbenchResult]]:
     a = world.args
-    configs = [(path, mode) for mode in MODES for path in PATHS]
+    configs = [(path, mode) for mode in MODES for path in throughput_paths(world)]
     say(f"warm-up: {a.warmup} s of the same load per configuration ...")
     for path, mode in configs:
         warm = pgbench(world, path, mode, a.warmup)
@@ -650,6 +687,10 @@ def throughput(world: World) -> dict[tuple[str, str], list[PgbenchResult]]:
                 + (f"  FAILED: {res.error}" if res.error else "")
             )
     return results
+
+
+def throughput_paths(world: World) -> tuple[str, ...]:
+    return PATHS + REFERENCE_PATHS if world.args.breakdown else PATHS
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -679,7 +720,7 @@ def report_throughput(
     verdicts: list[str] = []
     for mode in MODES:
         tps: dict[str, float | None] = {}
-        for path in PATHS:
+        for path in throughput_paths(world):
             runs = results[path, mode]
             tps[path] = here = _median([r.tps for r in runs])
             direct = tps["direct"]
@@ -717,6 +758,15 @@ def report_throughput(
         "the trail needed after\n"
         "   the run to hold every statement (the next run waits for it)."
     )
+    if a.breakdown:
+        say(
+            "   breakdown (references, not products): relay = a bare uvloop byte relay in "
+            "Python (bench/pg_reference.py),\n"
+            "   what moving the bytes costs; unaudited = the jitgate gateway with its "
+            "statement records discarded\n"
+            "   (no audit trail), its own per-statement work. jitgate - unaudited = what "
+            "the audit trail costs."
+        )
     return verdicts
 
 
@@ -911,6 +961,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     p.add_argument("--roundtrips", type=int, default=5000, help="SELECT 1 per path and protocol")
     p.add_argument("--idle", type=int, default=500, help="idle connections for the memory test")
+    p.add_argument(
+        "--no-breakdown",
+        dest="breakdown",
+        action="store_false",
+        help="skip the reference proxies (bare relay, gateway without audit) in part 1",
+    )
     p.add_argument("--pg-host", default="127.0.0.1")
     p.add_argument("--pg-port", type=int, default=5432)
     p.add_argument("--pg-user", default="postgres")
@@ -955,6 +1011,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             world.endpoints["pgbouncer"] = world.start_pgbouncer(
                 "pgbouncer", args.pg_port, world.database
             )
+            if args.breakdown:
+                world.start_references()
             busy = machine_busy()
             say(
                 f"machine before the runs: {busy:.0%} of {os.cpu_count()} cores busy, load average "
