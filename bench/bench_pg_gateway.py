@@ -385,30 +385,28 @@ class World:
     def start_references(self) -> None:
         """The breakdown's reference proxies, each its own process."""
         a = self.args
-        port = free_port()
-        process = self.spawn(
-            "relay",
-            [*REFERENCE, "relay", "--listen", f"127.0.0.1:{port}",
-             "--upstream", f"{a.pg_host}:{a.pg_port}"],
-            env=self.env,
-        )  # fmt: skip
-        wait_port(port, process, "relay", self.logs["relay"])
-        self.endpoints["relay"] = Endpoint("relay", port, a.pg_user, self.database, pid=process.pid)
-        port = free_port()
         upstream = (
             f"postgresql://{a.pg_user}@{a.pg_host}:{a.pg_port}/{self.database}?sslmode=disable"
         )
-        process = self.spawn(
-            "unaudited",
-            [*REFERENCE, "gateway-unaudited", "--listen", f"127.0.0.1:{port}",
-             "--upstream", upstream, "--env", "production", "--target", "bench",
-             "--url", self.url, "--token", self.tokens["gw"]],
-            env=self.env,
-        )  # fmt: skip
-        wait_port(port, process, "unaudited", self.logs["unaudited"])
-        self.endpoints["unaudited"] = Endpoint(
-            "unaudited", port, "bench", "bench", password=self.tokens["bench"], pid=process.pid
-        )
+        kinds = {
+            "relay": ["--upstream", f"{a.pg_host}:{a.pg_port}"],
+            "unaudited": ["--upstream", upstream, "--env", "production", "--target", "bench",
+                          "--url", self.url, "--token", self.tokens["gw"]],
+        }  # fmt: skip
+        for name, options in kinds.items():
+            port = free_port()
+            kind = "relay" if name == "relay" else "gateway-unaudited"
+            process = self.spawn(
+                name, [*REFERENCE, kind, "--listen", f"127.0.0.1:{port}", *options], env=self.env
+            )
+            wait_port(port, process, name, self.logs[name])
+            if name == "relay":
+                endpoint = Endpoint(name, port, a.pg_user, self.database, pid=process.pid)
+            else:
+                endpoint = Endpoint(
+                    name, port, "bench", "bench", password=self.tokens["bench"], pid=process.pid
+                )
+            self.endpoints[name] = endpoint
 
     def audit_count(self) -> int:
         """``statement.executed`` events in the trail (read-only; the store is in WAL mode)."""

@@ -56,11 +56,13 @@ def record_dict(record: StatementRecord) -> dict[str, Any]:
     }
 
 
+#: One encoder for every record: ``json.dumps`` with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def json_bytes(data: Any) -> bytes:
     """Compact JSON in UTF-8 (non-ASCII as is: smaller than ``\\u`` escapes)."""
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8", "surrogatepass"
-    )
+    return _ENCODER.encode(data).encode("utf-8", "surrogatepass")
 
 
 def _utf8(text: str) -> bytes:
