@@ -33,14 +33,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
+from bench_audit import drop_pg, pg_database  # the same throwaway databases
 from jitgate.audit.keys import SigningKey, TrustedKeys
 from jitgate.service import Principal
 from jitgate.service.statements import record_statements, statement_events
@@ -135,24 +133,6 @@ async def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[int
             flush=True,
         )
     return out
-
-
-async def pg_database(server: str) -> tuple[str, str]:
-    name = f"jitgate_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server.rsplit("/", 1)[0] + f"/{name}", name
-
-
-async def drop_pg(server: str, name: str) -> None:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def main() -> None:

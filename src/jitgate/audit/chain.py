@@ -396,6 +396,47 @@ def stored_payload(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         return _json_safe(json.loads(json.dumps(dict(payload), ensure_ascii=False))), False
 
 
+def flat_plain(payload: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` is stored and hashed exactly as it is: a ``dict``
+    (not a subclass) with ASCII ``str`` keys whose values are all ``None``,
+    ``bool``, ``str`` without lone surrogates, ``int`` within 2**53 - 1 or a
+    finite ``float`` spelled alike by Python and RFC 8785 (no exponent, not
+    integral).
+
+    For such a payload :func:`stored_payload` would return an equal copy and
+    *plain*, so the batch append serializes the payload itself and skips the
+    copy. That is the usual gateway record (text, numbers, nulls, no nested
+    values), and the check costs less than the copy. A ``False`` only means
+    "take the general path" (:func:`stored_payload`), never "invalid".
+    """
+    if type(payload) is not dict:
+        return False
+    for key, value in payload.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:  # _json_safe would rewrite it
+                    return False
+        elif value is None or kind is bool:
+            continue
+        elif kind is int:
+            if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                return False
+        elif kind is float:
+            if value != value or value == _INFINITY or value == -_INFINITY:
+                return False
+            spelled = _float_repr(value)
+            if "e" in spelled or spelled.endswith(".0"):  # as in _plain
+                return False
+        else:  # containers, subclasses, anything else
+            return False
+    return True
+
+
 def plain_texts(*values: object) -> bool:
     """Whether each value is None or text RFC 8785 writes as :func:`raw_hash`
     does (a ``str`` without lone surrogates)."""

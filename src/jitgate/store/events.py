@@ -26,10 +26,16 @@ but normalises and serializes the payloads before taking the lock, seals
 the batch in one loop (hashing the stored payload text as the verifier
 does, :func:`jitgate.audit.chain.stored_hash`) and inserts it with one
 ``executemany``. It appends all of the events or, raising, none of them.
+The usual payload (a gateway's statement: a flat object of text, numbers
+and nulls, :func:`jitgate.audit.chain.flat_plain`) needs no normalising: it
+is serialized as it is, by a C encoder built once, and hashed with
+:func:`jitgate.audit.chain.raw_hash` directly. The stored bytes are the same
+either way (tests/test_audit_append_identity.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +48,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from jitgate.audit.chain import (
     GENESIS,
     canonical_time,
+    flat_plain,
     plain_texts,
+    raw_hash,
     seal,
     stored_hash,
     stored_payload,
@@ -86,6 +94,42 @@ _INSERT_SQL: Final = {
 }
 
 
+def _not_json(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+#: ``compact_json`` of a :func:`~jitgate.audit.chain.flat_plain` payload.
+#: ``compact_json`` calls ``JSONEncoder.encode``, which builds a new C encoder
+#: on every call (about a quarter of its time for a statement's payload); this
+#: is that same C encoder with the same options (sorted keys, no spaces, ASCII
+#: escapes, floats by ``float.__repr__``), built once. It is used only for flat
+#: payloads of plain values: no containers, so no cycles to detect (hence no
+#: ``markers``) and nothing it could fail on. Without the C encoder (another
+#: Python), ``compact_json`` itself.
+_FLAT_ENCODER: Final[Any] = (
+    None
+    if getattr(json.encoder, "c_make_encoder", None) is None
+    else json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,  # markers: no circular check
+        _not_json,
+        json.encoder.encode_basestring_ascii,
+        None,  # indent
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan (compact_json's default; flat_plain admits no NaN)
+    )
+)
+
+
+def _flat_text(payload: dict[str, Any]) -> str:
+    """``compact_json(payload)`` for a :func:`~jitgate.audit.chain.flat_plain` payload."""
+    if _FLAT_ENCODER is None:
+        return compact_json(payload)
+    return "".join(_FLAT_ENCODER(payload, 0))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventRow:
     seq: int
@@ -118,12 +162,17 @@ class NewEvent:
     environment: str | None = None
 
 
+#: Byte maps setting a UUID's version (4) and variant (RFC 4122) bits: applied
+#: to every 16th byte at once (``bytes.translate``) instead of byte by byte.
+_UUID_VERSION_4: Final = bytes(b & 0x0F | 0x40 for b in range(256))
+_UUID_VARIANT: Final = bytes(b & 0x3F | 0x80 for b in range(256))
+
+
 def _event_ids(n: int) -> list[str]:
     """``n`` new event ids: random (version 4) UUIDs spelled as ``str(uuid.uuid4())``."""
     raw = bytearray(os.urandom(16 * n))
-    for i in range(0, 16 * n, 16):
-        raw[i + 6] = raw[i + 6] & 0x0F | 0x40  # version 4
-        raw[i + 8] = raw[i + 8] & 0x3F | 0x80  # the RFC 4122 variant
+    raw[6::16] = raw[6::16].translate(_UUID_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
     h = raw.hex()
     return [
         f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
@@ -235,12 +284,24 @@ async def append_events(session: AsyncSession, events: Sequence[NewEvent]) -> ra
                 canonical_time(utc),
                 utc if stamp_at is None else stamp_at(utc),
             )
-        try:
-            payload, plain = stored_payload(event.payload)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidValueError(f"event payload is not JSON data: {exc}") from None
+        source = event.payload
+        payload: Mapping[str, Any] | None
+        if flat_plain(source):
+            # The usual record: normalising would make an equal copy (and
+            # keep it plain), so it is serialized as it is; the normalised
+            # payload is needed only to hash a non-plain event (below).
+            payload, payload_text, plain = None, _flat_text(cast("dict[str, Any]", source)), True
+        else:
+            try:
+                payload, plain = stored_payload(source)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidValueError(f"event payload is not JSON data: {exc}") from None
+            payload_text = compact_json(payload)
         actor, request_id = event.actor, event.request_id
         target, environment = event.target, event.environment
+        plain = plain and plain_texts(event.type, actor, request_id, target, environment)
+        if payload is None and not plain:  # a field other than the payload is not plain
+            payload = dict(source)
         prepared.append(
             (
                 id_,
@@ -251,8 +312,8 @@ async def append_events(session: AsyncSession, events: Sequence[NewEvent]) -> ra
                 target,
                 environment,
                 payload,
-                compact_json(payload),
-                plain and plain_texts(event.type, actor, request_id, target, environment),
+                payload_text,
+                plain,
             )
         )
 
@@ -267,23 +328,31 @@ async def append_events(session: AsyncSession, events: Sequence[NewEvent]) -> ra
         id_, (at_text, at_value), type_, actor, request_id, target, environment = row[:7]
         payload, payload_text, plain = row[7:]
         seq += 1
-        try:
-            digest = stored_hash(
-                seq=seq,
-                id=id_,
-                at=at_text,
-                type=type_,
-                actor=actor,
-                request_id=request_id,
-                target=target,
-                environment=environment,
-                payload=payload,
-                payload_text=payload_text,
-                prev_hash=prev,
-                plain=plain,
-            )
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidValueError(f"event payload is not JSON data: {exc}") from None
+        if plain:
+            # What stored_hash does for a plain event, called directly: its
+            # keyword arguments cost more than the call of raw_hash itself.
+            digest = raw_hash(
+                seq, id_, at_text, type_, actor, request_id, target, environment,
+                payload_text, prev,
+            )  # fmt: skip
+        else:
+            try:
+                digest = stored_hash(
+                    seq=seq,
+                    id=id_,
+                    at=at_text,
+                    type=type_,
+                    actor=actor,
+                    request_id=request_id,
+                    target=target,
+                    environment=environment,
+                    payload=payload,
+                    payload_text=payload_text,
+                    prev_hash=prev,
+                    plain=False,
+                )
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidValueError(f"event payload is not JSON data: {exc}") from None
         rows.append(
             (
                 seq,
