@@ -21,9 +21,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import insert
@@ -151,6 +152,28 @@ async def drop_pg(server: str, name: str) -> None:
         await conn.close()
 
 
+_Result = TypeVar("_Result")
+
+
+async def on_backends(
+    run: Callable[[str, str, argparse.Namespace], Awaitable[_Result]], args: argparse.Namespace
+) -> dict[str, _Result]:
+    """``run(backend, url, args)`` on a temporary SQLite file and, unless
+    ``args.skip_pg``, a throwaway database on ``args.pg``."""
+    results: dict[str, _Result] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        print("SQLite ...", flush=True)
+        results["SQLite"] = await run("SQLite", f"sqlite:///{Path(tmp) / 'b.db'}", args)
+    if not args.skip_pg:
+        print("PostgreSQL ...", flush=True)
+        url, name = await pg_database(args.pg)
+        try:
+            results["PostgreSQL"] = await run("PostgreSQL", url, args)
+        finally:
+            await drop_pg(args.pg, name)
+    return results
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--appends", type=int, default=2000)
@@ -161,17 +184,7 @@ async def main() -> None:
     )
     parser.add_argument("--skip-pg", action="store_true")
     args = parser.parse_args()
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        print("SQLite ...", flush=True)
-        results["SQLite"] = await run_backend("SQLite", f"sqlite:///{Path(tmp) / 'b.db'}", args)
-    if not args.skip_pg:
-        print("PostgreSQL ...", flush=True)
-        url, name = await pg_database(args.pg)
-        try:
-            results["PostgreSQL"] = await run_backend("PostgreSQL", url, args)
-        finally:
-            await drop_pg(args.pg, name)
+    results = await on_backends(run_backend, args)
     print()
     print(
         f"{'backend':<12} {'append single/s':>16} {'append batched/s':>17} "

@@ -31,14 +31,12 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from bench_audit import drop_pg, pg_database  # the same throwaway databases
+from bench_audit import on_backends  # the same backends and throwaway databases
 from jitgate.audit.keys import SigningKey, TrustedKeys
 from jitgate.service import Principal
 from jitgate.service.statements import record_statements, statement_events
@@ -158,17 +156,7 @@ async def main() -> None:
     where = "all CPUs" if args.no_pin else f"pinned to CPU {args.cpu}"
     print(f"Python {sys.version.split()[0]}, {where}, median of {args.rounds} rounds", flush=True)
 
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        print("SQLite ...", flush=True)
-        results["SQLite"] = await run_backend("SQLite", f"sqlite:///{Path(tmp) / 'b.db'}", args)
-    if not args.skip_pg:
-        print("PostgreSQL ...", flush=True)
-        url, name = await pg_database(args.pg)
-        try:
-            results["PostgreSQL"] = await run_backend("PostgreSQL", url, args)
-        finally:
-            await drop_pg(args.pg, name)
+    results = await on_backends(run_backend, args)
 
     print()
     print(

@@ -501,37 +501,10 @@ log_disconnections = 0
         home.mkdir()
         give_to_postgres(home)
         data = home / "data"
-        run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(data),
-                "-A",
-                "trust",
-                "-U",
-                self.args.pg_user,
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]
-            if os.geteuid() == 0
-            else [
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(data),
-                "-A",
-                "trust",
-                "-U",
-                self.args.pg_user,
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]
-        )
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
+                  "-U", self.args.pg_user, "-E", "UTF8", "--no-sync"]  # fmt: skip
+        # PostgreSQL's binaries refuse to run as root.
+        run(["runuser", "-u", "postgres", "--", *initdb] if os.geteuid() == 0 else initdb)
         port = free_port()
         process = self.spawn(
             "pgidle-postgres",

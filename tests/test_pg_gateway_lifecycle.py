@@ -9,7 +9,6 @@ listener on both asyncio's loop and uvloop.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import signal
 import socket
@@ -25,10 +24,6 @@ from typing import Any, cast
 import asyncpg
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from jitgate.gateways.inprocess import InProcessApprovals
 from jitgate.gateways.postgres import gateway as gateway_module
@@ -48,7 +43,9 @@ from pg_gateway_support import (
     errors,
     gateway_env,
     held_request_id,
+    pem,
     query,
+    self_signed,
     upstream_dsn,
 )
 
@@ -293,21 +290,8 @@ async def test_a_password_not_in_utf8_is_refused_without_asking_the_service(
 
 
 def write_ca(path: Path, name: str) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert, _key = self_signed(name, ca=True, days=30)
+    path.write_bytes(pem(cert))
     return path
 
 

@@ -15,8 +15,6 @@ reason); they pass once the bug is fixed, and then the mark must go.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
 import ssl
 import struct
@@ -28,10 +26,6 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from jitgate.gateways.postgres import protocol as pg
 from jitgate.gateways.postgres.config import Tls
@@ -54,7 +48,10 @@ from pg_gateway_support import (
     held_request_id,
     notices,
     parse,
+    pem,
+    pem_key,
     query,
+    self_signed,
 )
 
 ROWS = 5
@@ -757,32 +754,10 @@ async def test_ssl_request_is_answered_no_without_tls(env: GatewayEnv) -> None:
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jitgate-test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed("jitgate-test", ip="127.0.0.1")
     cert_path, key_path = directory / "gateway.crt", directory / "gateway.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(pem(cert))
+    key_path.write_bytes(pem_key(key))
     return cert_path, key_path
 
 
