@@ -23,14 +23,13 @@ pgbench SELECT at most 10 µs.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from pglast import parser
 
+from bench_evaluate import timed  # the same clock discipline (no GC during a run)
 from jitgate.actions.model import Action, ActionKind, Actor
 from jitgate.actions.sql import sql_shape
 from jitgate.evaluator import Evaluator
@@ -41,17 +40,6 @@ UPDATE = "UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = 
 TARGET = "pgbench"
 ENVIRONMENT = "production"
 ACTOR = Actor.of("bench", ["app"])
-
-
-def timed(run: Callable[[], object]) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
 
 
 def texts_of(template: str, rng: random.Random, count: int) -> list[str]:

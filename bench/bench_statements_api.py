@@ -33,13 +33,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench_audit_ingest import typical as ingest_record  # the same pgbench-like record
 from jitgate.evaluator import Evaluator
+from jitgate.gateways.port import StatementRecord
+from jitgate.gateways.records import record_dict
 from jitgate.server import create_app
 from jitgate.service import ApprovalService, Principal
 from jitgate.store import Database, Identity, migrate
@@ -49,25 +51,9 @@ GATEWAY = Principal("pg-gateway", is_service_account=True)
 
 
 def typical(i: int) -> dict[str, Any]:
-    """A record as the PostgreSQL gateway sends it under pgbench (``record_dict``)."""
-    return {
-        "user": f"app{i % 4}",
-        "target": "orders-db",
-        "environment": "production",
-        "text": f"SELECT abalance FROM pgbench_accounts WHERE aid = {i % 100_000 + 1};",
-        "decision": "allow",
-        "duration_ms": round(0.05 + (i % 997) / 1000 + 0.0001, 3),
-        "tag": "SELECT 1",
-        "rows": 1,
-        "error": None,
-        "request_id": None,
-        "parameters": None,
-        "session": f"s-{i % 32}",
-        "client": "10.0.0.7:51234",
-        "gateway": "pg-1",
-        "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "extra": {},
-    }
+    """A record exactly as the PostgreSQL gateway sends it (``record_dict``): the
+    fields bench_audit_ingest's record has, and the ones the gateway adds."""
+    return record_dict(StatementRecord(**ingest_record(i)))
 
 
 def batches(batch: int, count: int, start: int) -> list[list[dict[str, Any]]]:

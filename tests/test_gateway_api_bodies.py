@@ -20,21 +20,11 @@ from conftest import ApiEnv
 from jitgate.server import create_app
 from jitgate.service import Principal, ServiceError
 from jitgate.store import last_seq, list_events
+from test_gateway_api import statement  # the same minimal record
 
 PATH = "/api/v1/audit/statements"
 JSON = {"Content-Type": "application/json"}
 GW = Principal("gw", is_service_account=True)
-
-
-def statement(**fields: Any) -> dict[str, Any]:
-    return {
-        "user": "ann",
-        "target": "main",
-        "environment": "production",
-        "text": "SELECT 1",
-        "decision": "allow",
-        **fields,
-    }
 
 
 def with_raw(record: dict[str, Any], field: str, raw: str) -> bytes:
