@@ -17,6 +17,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -578,14 +579,23 @@ def test_plain_payloads_are_the_common_case() -> None:
     assert stored_payload({"n": math.nan, "i": math.inf})[0] == {"n": "nan", "i": "inf"}
 
 
-def test_event_ids_are_uuid4_text() -> None:
+def test_event_ids_are_time_ordered_uuid7_text() -> None:
+    before = time.time_ns() // 1_000_000
     ids = events_module._event_ids(2000)
+    later = events_module._event_ids(1)[0]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 2000
-    for id_ in ids:
+    stamps = []
+    for id_ in [*ids, later]:
         parsed = uuid.UUID(id_)
         assert str(parsed) == id_
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
+        stamps.append(parsed.int >> 80)  # the first 48 bits: Unix time in ms
+    assert all(before <= stamp <= after for stamp in stamps)
+    assert stamps == sorted(stamps)  # appended at the right edge of the unique index
+    # The 74 bits after the timestamp are random: no two ids share them.
+    assert len({uuid.UUID(id_).int & ((1 << 80) - 1) for id_ in ids}) == 2000
 
 
 # --- validation: cheaper, not different ------------------------------------------------------
