@@ -276,7 +276,9 @@ def test_psycopg_held_extended_protocol_with_binary_parameters(
         request_id = notices.held_id()
         view = world.request(request_id)
         assert view["action"]["text"] == text
-        # int4 2 in binary; the text value as is.
+        # 2 in binary (psycopg picks the integer's width), the text value as is:
+        # shown decoded, and exactly (what the approval is bound to).
+        assert view["action"]["attributes"]["parameter_values"] == ["2", "v2"]
         assert view["action"]["attributes"]["parameters"] in (
             ["\\x00000002", "v2"],
             ["\\x0000000000000002", "v2"],
@@ -715,7 +717,9 @@ async def test_asyncpg_held_statement_runs_once_approved(
         assert not running.done()
         assert upstream_ids(pg_cluster, table) == [1, 2, 3]
         view = await asyncio.to_thread(world.request, request_id)
-        # asyncpg binds in binary: an int4, shown as hex to the approver.
+        # asyncpg binds in binary: an int4, shown decoded to the approver (its
+        # type from the server's ParameterDescription), bound exactly.
+        assert view["action"]["attributes"]["parameter_values"] == ["1"]
         assert view["action"]["attributes"]["parameters"] == ["\\x00000001"]
         await asyncio.to_thread(world.approve, request_id)
         assert await asyncio.wait_for(running, WAIT) == "DELETE 2"
@@ -734,9 +738,9 @@ async def test_asyncpg_executemany_needs_an_approval_per_parameter_set(
             conn.executemany(f"DELETE FROM {table} WHERE id = $1", [(1,), (3,)])
         )
         first = await held_id(notices)
-        assert (await asyncio.to_thread(world.request, first))["action"]["attributes"][
-            "parameters"
-        ] == ["\\x00000001"]
+        shown = (await asyncio.to_thread(world.request, first))["action"]["attributes"]
+        assert shown["parameter_values"] == ["1"]
+        assert shown["parameters"] == ["\\x00000001"]
         await asyncio.to_thread(world.approve, first)
 
         def second_held() -> str:
@@ -749,9 +753,9 @@ async def test_asyncpg_executemany_needs_an_approval_per_parameter_set(
         done = await asyncio.to_thread(world.wait_status, first, ["executed"])
         assert done["execution"]["rows_affected"] == 1
         assert upstream_ids(pg_cluster, table) == [1, 2, 3]
-        assert (await asyncio.to_thread(world.request, second))["action"]["attributes"][
-            "parameters"
-        ] == ["\\x00000003"]
+        shown = (await asyncio.to_thread(world.request, second))["action"]["attributes"]
+        assert shown["parameter_values"] == ["3"]
+        assert shown["parameters"] == ["\\x00000003"]
         await asyncio.to_thread(world.approve, second)
         await asyncio.wait_for(running, WAIT)
     finally:
@@ -848,7 +852,8 @@ def test_sqlalchemy(world: GatewayWorld, port: int, table: str, pg_cluster: PgCl
             view = world.request(request_id)
             # SQLAlchemy's psycopg dialect casts its bind parameters.
             assert view["action"]["text"] == f"DELETE FROM {table} WHERE {table}.id <= $1::INTEGER"
-            # psycopg binds a small int as a binary int2.
+            # psycopg binds a small int as a binary int2 (its OID in Parse).
+            assert view["action"]["attributes"]["parameter_values"] == ["2"]
             assert view["action"]["attributes"]["parameters"] == ["\\x0002"]
             world.approve(request_id)
             assert running.result() == 2

@@ -310,6 +310,7 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
     "decode_fields": pg.decode_fields,
     "decode_parameter_status": pg.decode_parameter_status,
     "decode_backend_key_data": pg.decode_backend_key_data,
+    "decode_parameter_description": pg.decode_parameter_description,
 }
 
 
@@ -463,6 +464,27 @@ def test_parse_malformed() -> None:
         pg.decode_parse(b"s\x00SELECT 1\x00" + struct.pack("!h", 0) + b"\x00")
     # The query is bytes (in the client encoding), not decoded here.
     assert pg.decode_parse(b"\x00\xff\xfe\x00\x00\x00").query == b"\xff\xfe"
+
+
+@FAST
+@given(types=st.lists(st.integers(0, 2**32 - 1), max_size=40))
+def test_parameter_description_round_trip(types: list[int]) -> None:
+    body = struct.pack("!h", len(types)) + b"".join(struct.pack("!I", t) for t in types)
+    assert pg.decode_parameter_description(body) == tuple(types)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"", "malformed ParameterDescription"),
+        (struct.pack("!h", -1), "negative count"),
+        (struct.pack("!hI", 2, 23), "malformed ParameterDescription"),
+        (struct.pack("!hI", 1, 23) + b"\x00", "trailing"),
+    ],
+)
+def test_malformed_parameter_description(body: bytes, match: str) -> None:
+    with pytest.raises(ProtocolViolation, match=match):
+        pg.decode_parameter_description(body)
 
 
 def test_query_and_password_need_exactly_one_terminating_nul() -> None:

@@ -85,6 +85,7 @@ class StatementRecord:
     client: str = ""
     gateway: str = ""
     at: str = ""
+    #: Anything else (e.g. ``parameter_values``: binary parameters as approvers saw them).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -483,6 +483,18 @@ def decode_backend_key_data(body: bytes | memoryview) -> tuple[int, int]:
     return pid, secret
 
 
+def decode_parameter_description(body: bytes | memoryview) -> tuple[int, ...]:
+    """The parameter type OIDs of a ParameterDescription (the answer to a
+    Describe of a prepared statement)."""
+    r = _Reader(body, "ParameterDescription")
+    count = r.int16()
+    if count < 0:
+        raise ProtocolViolation("malformed ParameterDescription message (negative count)")
+    types = tuple(r.uint32() for _ in range(count))
+    r.end()
+    return types
+
+
 def command_rows(tag: str) -> int | None:
     """Rows a command tag reports (``INSERT 0 5`` -> 5, ``SELECT 3`` -> 3), else None."""
     parts = tag.split()

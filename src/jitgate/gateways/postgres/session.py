@@ -18,6 +18,12 @@ error, and everything the upstream then skips until Sync, undoes them), so the
 text classified at Execute is the text the upstream runs. A Bind or Execute
 that depends on definitions sent before an earlier Sync and not yet answered
 waits for those answers first.
+
+Each prepared statement also keeps its parameter types, as declared in its
+Parse or told by the server's answer to a Describe of it, only so that a held
+statement's binary values can be shown to approvers as values
+(:mod:`jitgate.gateways.postgres.values`); the request stays bound to the
+exact bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from jitgate.actions.model import Action, ActionKind, Actor, fingerprint
 from jitgate.gateways.port import ApprovalUnavailable, GatewayRefused, GatewayUser, StatementRecord
 from jitgate.gateways.postgres import protocol as pg
 from jitgate.gateways.postgres.link import Link
+from jitgate.gateways.postgres.values import SJIS_STRAYS, client_text, render_binary, undecoded
 from jitgate.policy import Decision, Outcome
 from jitgate.request_words import describe_final, describe_waiting
 
@@ -91,12 +98,15 @@ _CODECS: Final = {
     "EUC_KR": "euc_kr",
     "KOI8R": "koi8-r",
 }
-#: What cp932 decodes as one byte where PostgreSQL's SJIS reads the first of two
-#: (0x80, 0xA0, 0xFD-0xFF): a text holding one is refused, never misread.
-_SJIS_STRAYS: Final = frozenset("\x80\uf8f0\uf8f1\uf8f2\uf8f3")
 #: Texts of allowed statements remembered per session (policy without conditions only).
 _ALLOWED_CACHE: Final = 2048
 _MAX_CACHED_TEXT: Final = 8192
+#: Decoded parameter values longer than this in all (characters) are not shown
+#: besides the exact ones: a request carries both, and its size is bounded.
+_MAX_SHOWN_VALUES: Final = 64 * 1024
+#: Where the decoded values go: the request's attributes, and ``extra`` of the
+#: statement's record. The exact values stay in ``parameters``.
+SHOWN_PARAMETERS: Final = "parameter_values"
 
 
 @dataclass(slots=True)
@@ -108,6 +118,8 @@ class _Statement:
     started: float
     request_id: str | None = None
     parameters: list[str | None] | None = None
+    #: The parameters as approvers were shown them, where they differ (see _Bound.rendered).
+    shown: list[str | None] | None = None
     tags: list[str] = field(default_factory=list)
     error: str | None = None
     skipped: bool = False
@@ -133,11 +145,20 @@ class _Expect:
     copies: int = 0
     #: The statement this Parse defines again; in doubt again if it is skipped.
     redo: str | None = None
+    #: The statement a Describe asks about: its ParameterDescription tells the
+    #: types of its parameters (None: not a statement the gateway can trust
+    #: the answer for, see Session._describable).
+    describes: _Prepared | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Prepared:
-    """A statement the client prepared: what the gateway classifies it as."""
+    """A statement the client prepared: what the gateway classifies it as.
+
+    One instance per Parse: a re-Parse makes another, so what the old one
+    learned (its types) goes with it, and undoing a refused Parse or Close
+    puts back the previous instance, types included.
+    """
 
     text: str | None
     #: Why it cannot be classified (the text is then never run through jitgate).
@@ -146,9 +167,15 @@ class _Prepared:
     parse: bytes
     #: The settings its text was read with, where they matter (see _read_sql).
     reads: tuple[str, bool] | None = None
+    #: Type OIDs of its parameters as far as known (0: unknown): declared in the
+    #: Parse, completed by the server's ParameterDescription. The one field that
+    #: changes; used only to show binary values to approvers, never to classify.
+    types: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed once made: one is built for every Bind, and
+# a frozen dataclass's __init__ costs twice as much.
+@dataclass(slots=True)
 class _Bound:
     """A portal: the statement text and the Bind that made it (decoded only when
     its values are shown: most portals run allowed statements)."""
@@ -157,20 +184,41 @@ class _Bound:
     bind: bytes
     released: bool = False
     refusal: str | None = None
+    #: The statement it was bound from (its parameter types, as learned until
+    #: the values are shown: a Describe may be answered after the Bind).
+    statement: _Prepared | None = None
 
-    def rendered(self) -> list[str | None]:
-        """The values as an approver reads them: text as is, binary as ``\\x`` hex."""
+    def rendered(self, codec: str) -> tuple[list[str | None], list[str | None] | None]:
+        """The values, exactly (what the request's fingerprint covers: text as
+        is, binary as ``\\x`` hex of the bytes sent), and as an approver reads
+        them when some are binary (decoded where the type is known, see
+        values.py; None when they would not fit in a request twice)."""
         bind = pg.decode_bind(self.bind)
-        out: list[str | None] = []
+        exact: list[str | None] = []
+        shown: list[str | None] = []
+        binary = False
+        types = self.statement.types if self.statement is not None else ()
         for i, value in enumerate(bind.params):
-            binary = bind.param_format(i) == 1
             if value is None:
-                out.append(None)
-            elif binary:
-                out.append("\\x" + value.hex())
+                exact.append(None)
+                shown.append(None)
+            elif bind.param_format(i) == 1:
+                binary = True
+                exact.append("\\x" + value.hex())
+                shown.append(_binary_value(types[i] if i < len(types) else 0, value, codec))
             else:
-                out.append(value.decode("utf-8", "backslashreplace"))
-        return out
+                text = value.decode("utf-8", "backslashreplace")
+                exact.append(text)
+                shown.append(client_text(value, codec) or text)
+        if not binary or sum(len(v) for v in shown if v is not None) > _MAX_SHOWN_VALUES:
+            return exact, None
+        return exact, shown
+
+
+def _binary_value(oid: int, data: bytes, codec: str) -> str:
+    """A binary value as PostgreSQL prints it, or its hex labelled with why not."""
+    text = render_binary(oid, data, codec)
+    return undecoded(oid, data) if text is None else text
 
 
 @dataclass(slots=True)
@@ -404,7 +452,7 @@ class Session:
         except UnicodeDecodeError:
             enc = self.parameters.get("client_encoding", "UTF8")
             return _Unread(f"the statement is not valid {enc}")
-        if codec == "cp932" and not _SJIS_STRAYS.isdisjoint(text):
+        if codec == "cp932" and not SJIS_STRAYS.isdisjoint(text):
             return _Unread("the statement is not valid SJIS")
         return text
 
@@ -561,10 +609,11 @@ class Session:
             prev = self.statements.get(name, _MISSING)
             raw = frames.span(start, end)
             if isinstance(read, _Unread):
-                self.statements[name] = _Prepared(None, read.why, raw)
+                self.statements[name] = _Prepared(None, read.why, raw, types=parse.param_types)
             else:
                 plain = parse.query.isascii() and b"\\" not in parse.query
-                self.statements[name] = _Prepared(read, None, raw, None if plain else self._reads())
+                reads = None if plain else self._reads()
+                self.statements[name] = _Prepared(read, None, raw, reads, parse.param_types)
             self.doubtful.discard(name)
             self._expect(_Expect(_P, undo=("statement", name, prev)))
             return _FORWARD
@@ -588,12 +637,13 @@ class Session:
                 else:
                     # Close and Parse it again: the upstream then runs what was classified.
                     self.doubtful.discard(name)
+                    prepared = self._parsed_again(name, prepared)
                     self._prefix = pg.message(b"C", b"S" + pg.cstring(name)) + prepared.parse
                     self._expect(_Expect(_C, swallow=True))
                     self._expect(_Expect(_P, swallow=True, redo=name))
                     verdict = _PREFIX
             prev = self.portals.get(portal, _MISSING)
-            self.portals[portal] = _Bound(what, body, refusal=refusal)
+            self.portals[portal] = _Bound(what, body, refusal=refusal, statement=prepared)
             self._expect(_Expect(_B, undo=("portal", portal, prev)))
             return verdict
         if kind == _E:
@@ -621,7 +671,10 @@ class Session:
                 frames.span(start + 5, end), "Describe" if kind == _D else "Close"
             )
             if kind == _D:
-                self._expect(_Expect(_D, steps=2 if what == "S" else 1))
+                if what == "S":
+                    self._expect(_Expect(_D, steps=2, describes=self._describable(name)))
+                else:
+                    self._expect(_Expect(_D))
                 return _FORWARD
             undo: tuple[str, str, Any]
             if what == "S":
@@ -649,6 +702,23 @@ class Session:
                 )
             )
         raise pg.ProtocolViolation(f"unexpected message type {chr(kind)!r} from the client")
+
+    def _describable(self, name: str) -> _Prepared | None:
+        """The statement a Describe of ``name`` learns the parameter types of. Not
+        one in doubt: the server would describe whatever SQL put under that
+        name, and the gateway defines its own again before the next Bind."""
+        if name in self.doubtful:
+            return None
+        return self.statements.get(name)
+
+    def _parsed_again(self, name: str, prepared: _Prepared) -> _Prepared:
+        """``prepared`` as the gateway is about to define it again: the server
+        infers the types its Parse leaves open anew (the schema may have
+        changed since), so only the declared ones are known."""
+        declared = pg.decode_parse(prepared.parse[5:]).param_types
+        again = _Prepared(prepared.text, prepared.refusal, prepared.parse, prepared.reads, declared)
+        self.statements[name] = again
+        return again
 
     def _closing_after_terminate(self) -> None:
         # The upstream closes its side after Terminate; the client then sees EOF.
@@ -768,9 +838,16 @@ class Session:
             self._expect(_Expect(_D, steps=2, replace_error=error))
         self._unblock()
 
-    def _release(self, pending: _Pending, request_id: str | None, params: Any) -> None:
+    def _release(
+        self,
+        pending: _Pending,
+        request_id: str | None,
+        params: list[str | None] | None,
+        shown: list[str | None] | None,
+    ) -> None:
         stmt = _Statement(pending.text, "require_approval", time.perf_counter(), request_id)
         stmt.parameters = params
+        stmt.shown = shown
         if pending.redefines:
             self._doubt()
         self._expect(_Expect(pending.kind, statement=stmt))
@@ -778,13 +855,18 @@ class Session:
             self.batch_has_execute = True
             if pending.portal is not None and pending.bound is not None:
                 self.portals[pending.portal] = _Bound(
-                    pending.bound.text, pending.bound.bind, released=True
+                    pending.bound.text,
+                    pending.bound.bind,
+                    released=True,
+                    statement=pending.bound.statement,
                 )
         self.upstream.write(pending.raw)
         self._unblock()
 
     async def _hold(self, pending: _Pending) -> None:
-        params = pending.bound.rendered() if pending.bound is not None else None
+        params, shown = (
+            pending.bound.rendered(self._codec) if pending.bound is not None else (None, None)
+        )
         body: dict[str, Any] = {
             "kind": "sql",
             "text": pending.text,
@@ -794,6 +876,8 @@ class Session:
         }
         if params is not None:
             body["attributes"]["parameters"] = params
+        if shown is not None:
+            body["attributes"][SHOWN_PARAMETERS] = shown
         request_id: str | None = None
         port = self.gateway.port
         try:
@@ -803,7 +887,7 @@ class Session:
                 self._refuse_held(pending, f"jitgate: not held: {refused.message}")
                 return
             if submitted.outcome == "allow" or submitted.grant is not None:
-                self._release(pending, None, params)
+                self._release(pending, None, params, shown)
                 return
             if submitted.outcome != "require_approval" or submitted.request is None:
                 why = submitted.decision.get("message") or "; ".join(
@@ -836,7 +920,7 @@ class Session:
             self.client.write(
                 pg.notice_response(f"jitgate: {request_id} {describe_final(final)}; running")
             )
-            self._release(pending, request_id, params)
+            self._release(pending, request_id, params, shown)
             request_id = None
         except ApprovalUnavailable as exc:
             self._refuse_held(pending, f"jitgate: approval service unavailable ({exc}); not run")
@@ -1000,6 +1084,8 @@ class Session:
         if kind in (_PARAMS, _ROWDESC, _NODATA):
             if expect and expect[0].kind == _D:
                 head = expect[0]
+                if kind == _PARAMS and head.describes is not None:
+                    self._learn_types(head.describes, start, end)
                 head.steps -= 1
                 if head.steps <= 0 or kind != _PARAMS:
                     expect.popleft()
@@ -1015,6 +1101,19 @@ class Session:
             self._copy_in()
             return None
         return None  # notices, notifications, COPY traffic, function results: relayed
+
+    def _learn_types(self, prepared: _Prepared, start: int, end: int) -> None:
+        """A ParameterDescription for ``prepared``: it fills in the types its Parse
+        left open (0); what is already known stays (the server's answers about
+        one definition of a statement do not change)."""
+        try:
+            described = pg.decode_parameter_description(self.uframes.span(start + 5, end))
+        except pg.ProtocolViolation:
+            return  # only the display of binary values would have used them
+        known = prepared.types
+        prepared.types = tuple(
+            known[i] if i < len(known) and known[i] else oid for i, oid in enumerate(described)
+        )
 
     def _copy_in(self) -> None:
         """CopyInResponse: the server now ignores Sync (and Flush) until the
@@ -1086,25 +1185,26 @@ class Session:
         if stmt.skipped and error is None:
             error = "not run: an earlier message of the batch failed"
         duration = (time.perf_counter() - stmt.started) * 1000.0
-        self.gateway.recorder.record(
-            StatementRecord(
-                user=self.user.name,
-                target=self.target,
-                environment=self.environment,
-                text=stmt.text,
-                decision=stmt.decision,
-                duration_ms=round(duration, 3),
-                tag=tag,
-                rows=rows,
-                error=error,
-                request_id=stmt.request_id,
-                parameters=stmt.parameters,
-                session=self.id,
-                client=self.client_address,
-                gateway=self.gateway.config.name,
-                at=_now_iso(),
-            )
+        record = StatementRecord(
+            user=self.user.name,
+            target=self.target,
+            environment=self.environment,
+            text=stmt.text,
+            decision=stmt.decision,
+            duration_ms=round(duration, 3),
+            tag=tag,
+            rows=rows,
+            error=error,
+            request_id=stmt.request_id,
+            parameters=stmt.parameters,
+            session=self.id,
+            client=self.client_address,
+            gateway=self.gateway.config.name,
+            at=_now_iso(),
         )
+        if stmt.shown is not None:
+            record.extra = {SHOWN_PARAMETERS: stmt.shown}
+        self.gateway.recorder.record(record)
         if stmt.request_id is not None:
             self._spawn(
                 self._report(stmt.request_id, rows, None if error is None else error, duration)

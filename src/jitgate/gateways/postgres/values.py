@@ -1,0 +1,630 @@
+"""Binary parameter values as PostgreSQL prints them, for approvers.
+
+A held statement's parameters are shown to the people who approve it. Values
+a client binds in text format read as they are; values bound in binary format
+(asyncpg always, psycopg's ``%b``) are bytes in the type's binary "send"
+format, which means nothing to a person. :func:`render_binary` gives, for the
+common types, the text PostgreSQL's output function prints for the value the
+server would receive: ``42`` rather than ``\\x0000002a``.
+
+Pure functions over bytes, no I/O. Only the *display* comes from here: what
+runs, and what an approval is bound to, are the exact bytes the client sent
+(``jitgate.gateways.postgres.session``). So nothing here may raise or guess:
+bytes the server would refuse (a wrong length, an invalid encoding, a NaN
+sign with digits out of range...) and types not handled give ``None``, and
+the caller shows the hex instead (:func:`undecoded`), labelled with the type.
+
+Dates and times are printed in the ISO style (PostgreSQL's default
+``DateStyle``), ``timestamptz`` in UTC, whatever the session's settings;
+``jsonb`` as the server stores it (keys sorted, the last of a repeated key
+kept, numbers as ``numeric`` prints them), ``json`` as sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any, Final
+
+# --- type OIDs (pg_type.dat) -----------------------------------------------------------
+
+BOOL: Final = 16
+BYTEA: Final = 17
+NAME: Final = 19
+INT8: Final = 20
+INT2: Final = 21
+INT4: Final = 23
+TEXT: Final = 25
+OID: Final = 26
+JSON: Final = 114
+FLOAT4: Final = 700
+FLOAT8: Final = 701
+UNKNOWN: Final = 705
+BPCHAR: Final = 1042
+VARCHAR: Final = 1043
+DATE: Final = 1082
+TIMESTAMP: Final = 1114
+TIMESTAMPTZ: Final = 1184
+NUMERIC: Final = 1700
+UUID: Final = 2950
+JSONB: Final = 3802
+
+#: Names for the label of values shown as hex: the decoded types, and others
+#: clients commonly bind in binary (asyncpg: arrays, ranges, intervals...).
+TYPE_NAMES: Final[dict[int, str]] = {
+    BOOL: "bool",
+    BYTEA: "bytea",
+    18: "char",
+    NAME: "name",
+    INT8: "int8",
+    INT2: "int2",
+    INT4: "int4",
+    TEXT: "text",
+    OID: "oid",
+    JSON: "json",
+    142: "xml",
+    600: "point",
+    650: "cidr",
+    774: "macaddr8",
+    790: "money",
+    829: "macaddr",
+    869: "inet",
+    FLOAT4: "float4",
+    FLOAT8: "float8",
+    UNKNOWN: "unknown",
+    BPCHAR: "bpchar",
+    VARCHAR: "varchar",
+    DATE: "date",
+    1083: "time",
+    TIMESTAMP: "timestamp",
+    TIMESTAMPTZ: "timestamptz",
+    1186: "interval",
+    1266: "timetz",
+    1560: "bit",
+    1562: "varbit",
+    NUMERIC: "numeric",
+    UUID: "uuid",
+    3614: "tsvector",
+    JSONB: "jsonb",
+    3904: "int4range",
+    3906: "numrange",
+    3908: "tsrange",
+    3910: "tstzrange",
+    3912: "daterange",
+    3926: "int8range",
+    199: "json[]",
+    1000: "bool[]",
+    1001: "bytea[]",
+    1005: "int2[]",
+    1007: "int4[]",
+    1009: "text[]",
+    1014: "bpchar[]",
+    1015: "varchar[]",
+    1016: "int8[]",
+    1021: "float4[]",
+    1022: "float8[]",
+    1028: "oid[]",
+    1115: "timestamp[]",
+    1182: "date[]",
+    1185: "timestamptz[]",
+    1231: "numeric[]",
+    2951: "uuid[]",
+    3807: "jsonb[]",
+}
+
+
+def undecoded(oid: int, data: bytes) -> str:
+    """How a binary value :func:`render_binary` cannot read is shown: its hex
+    (as before values were decoded), labelled so the approver knows why."""
+    if oid == 0:
+        why = "binary, type not known to jitgate"
+    else:
+        name = TYPE_NAMES.get(oid)
+        why = f"binary {name}, not decoded" if name else f"binary, type OID {oid}, not decoded"
+    return f"\\x{data.hex()} ({why})"
+
+
+def render_binary(oid: int, data: bytes, codec: str = "utf-8") -> str | None:
+    """The text PostgreSQL prints for the value ``data`` of type ``oid`` in the
+    binary format, or None if the type is not handled or the server would
+    refuse the bytes. ``codec`` is the Python codec of the session's
+    ``client_encoding`` ("" when jitgate cannot read it): text arrives in it."""
+    render = _RENDERERS.get(oid)
+    if render is None:
+        return None
+    try:
+        return render(data, codec)
+    except (ValueError, OverflowError, RecursionError, struct.error, InvalidOperation):
+        # Malformed input of any sort: shown as hex, never an error on the hold.
+        return None
+
+
+# --- integers and booleans -------------------------------------------------------------
+
+_INT2: Final = struct.Struct("!h")
+_INT4: Final = struct.Struct("!i")
+_INT8: Final = struct.Struct("!q")
+_UINT4: Final = struct.Struct("!I")
+_FLOAT4: Final = struct.Struct("!f")
+_FLOAT8: Final = struct.Struct("!d")
+
+
+def _integer(layout: struct.Struct) -> Callable[[bytes, str], str | None]:
+    def render(data: bytes, _codec: str) -> str | None:
+        if len(data) != layout.size:
+            return None
+        return str(layout.unpack(data)[0])
+
+    return render
+
+
+def _bool(data: bytes, _codec: str) -> str | None:
+    # boolrecv: any byte other than 0 is true; boolout prints t/f.
+    if len(data) != 1:
+        return None
+    return "t" if data[0] else "f"
+
+
+# --- floating point --------------------------------------------------------------------
+
+#: Decimal exponents printed in fixed notation (src/common/d2s.c and f2s.c: as printf's %g).
+_FIXED_FLOAT8: Final = range(-4, 15)
+_FIXED_FLOAT4: Final = range(-4, 6)
+_UINT8: Final = struct.Struct("!Q")
+
+
+@dataclass(frozen=True, slots=True)
+class _Binary:
+    """An IEEE 754 binary format: what float4out and float8out print from."""
+
+    layout: struct.Struct
+    bits: struct.Struct
+    mantissa_bits: int
+    bias: int
+    fixed: range
+    #: Significant digits that always identify a value of the format.
+    digits: int
+
+
+_BINARY32: Final = _Binary(_FLOAT4, _UINT4, 23, 127, _FIXED_FLOAT4, 9)
+_BINARY64: Final = _Binary(_FLOAT8, _UINT8, 52, 1023, _FIXED_FLOAT8, 17)
+
+
+def _float(kind: _Binary) -> Callable[[bytes, str], str | None]:
+    def render(data: bytes, _codec: str) -> str | None:
+        if len(data) != kind.layout.size:
+            return None
+        (value,) = kind.layout.unpack(data)
+        special = _float_special(value)
+        if special is not None:
+            return special
+        (bits,) = kind.bits.unpack(data)
+        digits, exponent = _shortest(kind, bits & ~(1 << (8 * kind.layout.size - 1)))
+        return _float_text(value < 0, digits, exponent, kind.fixed)
+
+    return render
+
+
+def _float_special(value: float) -> str | None:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    return None
+
+
+def _shortest(kind: _Binary, bits: int) -> tuple[str, int]:
+    """(significant digits, decimal exponent of the first) of the shortest decimal
+    strictly between the value of ``bits`` (positive, finite, not zero) and the
+    midpoints to its neighbours, the nearest one when several are: what
+    PostgreSQL's Ryu prints (d2s.c, f2s.c). Unlike Python's repr() it never
+    takes a midpoint itself (STRICTLY_SHORTEST 0), so it is computed exactly here.
+    """
+    biased, fraction = bits >> kind.mantissa_bits, bits & ((1 << kind.mantissa_bits) - 1)
+    mantissa = fraction | (1 << kind.mantissa_bits) if biased else fraction
+    shift = (biased or 1) - kind.bias - kind.mantissa_bits
+    value = Fraction(mantissa) * Fraction(2) ** shift
+    half_up = Fraction(2) ** shift / 2
+    # Just above a power of two the value below is nearer: the interval is narrower there.
+    half_down = half_up / 2 if fraction == 0 and biased > 1 else half_up
+    low, high = value - half_down, value + half_up
+    exponent = _decimal_exponent(value)
+    for precision in range(1, kind.digits + 1):
+        scale = Fraction(10) ** (exponent - precision + 1)
+        floor = math.floor(value / scale)
+        inside = [c for c in (floor, floor + 1) if low < c * scale < high]
+        if inside:
+            best = min(inside, key=lambda c: (abs(c * scale - value), c % 2))
+            text = str(best)
+            return text.rstrip("0"), exponent - precision + len(text)
+    raise AssertionError("a format's digits always identify its values")  # pragma: no cover
+
+
+def _decimal_exponent(value: Fraction) -> int:
+    """floor(log10(value)) for a positive fraction, exactly."""
+    exponent = len(str(value.numerator)) - len(str(value.denominator))
+    while Fraction(10) ** exponent > value:
+        exponent -= 1
+    while Fraction(10) ** (exponent + 1) <= value:
+        exponent += 1
+    return exponent
+
+
+def _float_text(negative: bool, digits: str, exponent: int, fixed: range) -> str:
+    sign = "-" if negative else ""
+    if exponent in fixed:
+        if exponent < 0:
+            return f"{sign}0.{'0' * (-exponent - 1)}{digits}"
+        whole = digits[: exponent + 1].ljust(exponent + 1, "0")
+        rest = digits[exponent + 1 :]
+        return f"{sign}{whole}.{rest}" if rest else f"{sign}{whole}"
+    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return f"{sign}{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+
+
+# --- text ------------------------------------------------------------------------------
+
+#: What cp932 decodes as one byte where PostgreSQL's SJIS reads the first of two
+#: (0x80, 0xA0, 0xFD-0xFF): text holding one is not what the server reads.
+SJIS_STRAYS: Final = frozenset("\x80\uf8f0\uf8f1\uf8f2\uf8f3")
+#: PostgreSQL's NAMEDATALEN: a name is at most 63 bytes.
+_NAME_BYTES: Final = 63
+
+
+def client_text(data: bytes, codec: str) -> str | None:
+    """``data`` read in the client encoding as the server reads it, or None if
+    it cannot be (an encoding jitgate cannot read, invalid bytes, or a NUL,
+    which no PostgreSQL text can hold)."""
+    if not codec:
+        return None
+    try:
+        text = data.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return None
+    if "\x00" in text or (codec == "cp932" and not SJIS_STRAYS.isdisjoint(text)):
+        return None
+    return text
+
+
+def _text(data: bytes, codec: str) -> str | None:
+    return client_text(data, codec)
+
+
+def _name(data: bytes, codec: str) -> str | None:
+    text = client_text(data, codec)
+    if text is None or len(text.encode("utf-8", "surrogatepass")) > _NAME_BYTES:
+        return None  # namerecv refuses it ("identifier too long")
+    return text
+
+
+def _bytea(data: bytes, _codec: str) -> str | None:
+    return "\\x" + data.hex()  # bytea_output = hex, the default
+
+
+def _uuid(data: bytes, _codec: str) -> str | None:
+    if len(data) != 16:
+        return None
+    return str(uuid.UUID(bytes=data))
+
+
+# --- dates and times -------------------------------------------------------------------
+
+#: Julian day of 2000-01-01, PostgreSQL's epoch for dates and timestamps.
+_POSTGRES_EPOCH_JDATE: Final = 2451545
+#: Valid dates: Julian day 0 (4714-11-24 BC) up to, not including, 5874898-01-01.
+_DATE_MIN: Final = -_POSTGRES_EPOCH_JDATE
+_DATE_END: Final = 2147483494 - _POSTGRES_EPOCH_JDATE
+#: Valid timestamps, in microseconds since the epoch: 4714-11-24 BC to 294277-01-01.
+_TIMESTAMP_MIN: Final = -211813488000000000
+_TIMESTAMP_END: Final = 9223371331200000000
+_USECS_PER_DAY: Final = 86_400_000_000
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _date(data: bytes, _codec: str) -> str | None:
+    if len(data) != 4:
+        return None
+    (days,) = _INT4.unpack(data)
+    if days == _INT32_MIN:
+        return "-infinity"
+    if days == _INT32_MAX:
+        return "infinity"
+    if not _DATE_MIN <= days < _DATE_END:
+        return None  # date_recv: "date out of range"
+    year, month, day = _julian_to_date(days + _POSTGRES_EPOCH_JDATE)
+    text, era = _iso_date(year, month, day)
+    return text + era
+
+
+def _timestamp(data: bytes, _codec: str) -> str | None:
+    return _timestamp_text(data, "")
+
+
+def _timestamptz(data: bytes, _codec: str) -> str | None:
+    return _timestamp_text(data, "+00")
+
+
+def _timestamp_text(data: bytes, zone: str) -> str | None:
+    if len(data) != 8:
+        return None
+    (micros,) = _INT8.unpack(data)
+    if micros == _INT64_MIN:
+        return "-infinity"
+    if micros == _INT64_MAX:
+        return "infinity"
+    if not _TIMESTAMP_MIN <= micros < _TIMESTAMP_END:
+        return None  # timestamp_recv: "timestamp out of range"
+    days, time_of_day = divmod(micros, _USECS_PER_DAY)
+    year, month, day = _julian_to_date(days + _POSTGRES_EPOCH_JDATE)
+    date, era = _iso_date(year, month, day)
+    seconds, fraction = divmod(time_of_day, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    time = f"{hour:02d}:{minute:02d}:{second:02d}"
+    if fraction:
+        time += "." + f"{fraction:06d}".rstrip("0")
+    return f"{date} {time}{zone}{era}"
+
+
+def _julian_to_date(julian_day: int) -> tuple[int, int, int]:
+    """(year, month, day) of a Julian day number: PostgreSQL's j2date, whose
+    year 0 is 1 BC."""
+    julian = julian_day + 32044
+    quad = julian // 146097
+    extra = (julian - quad * 146097) * 4 + 3
+    julian += 60 + quad * 3 + extra // 146097
+    quad = julian // 1461
+    julian -= quad * 1461
+    y = julian * 4 // 1461
+    julian = ((julian + 305) % 365 if y != 0 else (julian + 306) % 366) + 123
+    y += quad * 4
+    quad = julian * 2141 // 65536
+    day = julian - 7834 * quad // 256
+    month = (quad + 10) % 12 + 1
+    return y - 4800, month, day
+
+
+def _iso_date(year: int, month: int, day: int) -> tuple[str, str]:
+    """The ISO date and its era suffix (" BC" for years up to 0)."""
+    if year > 0:
+        return f"{year:04d}-{month:02d}-{day:02d}", ""
+    return f"{1 - year:04d}-{month:02d}-{day:02d}", " BC"
+
+
+# --- numeric ---------------------------------------------------------------------------
+
+_NUMERIC_HEAD: Final = struct.Struct("!HhHH")
+_NUMERIC_POS, _NUMERIC_NEG = 0x0000, 0x4000
+_NUMERIC_NAN, _NUMERIC_PINF, _NUMERIC_NINF = 0xC000, 0xD000, 0xF000
+_NUMERIC_SPECIAL: Final = {
+    _NUMERIC_NAN: "NaN",
+    _NUMERIC_PINF: "Infinity",
+    _NUMERIC_NINF: "-Infinity",
+}
+_DSCALE_MAX: Final = 0x3FFF
+#: Decimal digits per base-10000 digit.
+_DEC_DIGITS: Final = 4
+
+
+def _numeric(data: bytes, _codec: str) -> str | None:
+    """numeric_recv, then numeric_out: digits beyond the display scale are cut
+    off, zeros stripped, zero is positive."""
+    if len(data) < _NUMERIC_HEAD.size:
+        return None
+    ndigits, weight, sign, dscale = _NUMERIC_HEAD.unpack_from(data)
+    if len(data) != _NUMERIC_HEAD.size + 2 * ndigits:
+        return None
+    digits = list(struct.unpack_from(f"!{ndigits}h", data, _NUMERIC_HEAD.size))
+    if any(not 0 <= d < 10000 for d in digits) or dscale > _DSCALE_MAX:
+        return None
+    if sign in _NUMERIC_SPECIAL:
+        return _NUMERIC_SPECIAL[sign]
+    if sign not in (_NUMERIC_POS, _NUMERIC_NEG):
+        return None
+    digits, weight, negative = _truncate(digits, weight, dscale, sign == _NUMERIC_NEG)
+    while digits and digits[0] == 0:  # make_result strips leading zeros...
+        digits.pop(0)
+        weight -= 1
+    while digits and digits[-1] == 0:  # ... and trailing ones
+        digits.pop()
+    if not digits:
+        weight, negative = 0, False
+    # No weight overflow is possible: below weight -4096 a digit is beyond any dscale.
+    return _numeric_text(digits, weight, negative, dscale)
+
+
+def _truncate(
+    digits: list[int], weight: int, dscale: int, negative: bool
+) -> tuple[list[int], int, bool]:
+    """PostgreSQL's trunc_var: keep ``dscale`` decimal digits after the point."""
+    wanted = (weight + 1) * _DEC_DIGITS + dscale
+    if wanted <= 0:
+        return [], 0, False
+    keep = (wanted + _DEC_DIGITS - 1) // _DEC_DIGITS
+    if keep <= len(digits):
+        digits = digits[:keep]
+        within = wanted % _DEC_DIGITS
+        if within:
+            power = 10 ** (_DEC_DIGITS - within)
+            digits[-1] -= digits[-1] % power
+    return digits, weight, negative
+
+
+def _numeric_text(digits: list[int], weight: int, negative: bool, dscale: int) -> str:
+    """numeric_out's get_str_from_var."""
+    decimal = "".join(f"{d:04d}" for d in digits)
+    if weight >= 0:
+        width = (weight + 1) * _DEC_DIGITS
+        whole = decimal[:width].ljust(width, "0").lstrip("0") or "0"
+        after = decimal[width:]
+    else:
+        whole = "0"
+        after = "0" * ((-weight - 1) * _DEC_DIGITS) + decimal
+    text = ("-" if negative else "") + whole
+    if dscale > 0:
+        text += "." + after[:dscale].ljust(dscale, "0")
+    return text
+
+
+# --- json and jsonb --------------------------------------------------------------------
+
+#: Limits of a numeric (jsonb stores its numbers as numeric): 32768 base-10000
+#: digits before the point, 0x3FFF decimal digits after it.
+_NUMERIC_WHOLE_DIGITS: Final = 4 * 2**15
+
+
+def _json(data: bytes, codec: str) -> str | None:
+    text = client_text(data, codec)
+    if text is None:
+        return None
+    # json_recv refuses what is not JSON; what it takes it keeps as sent. Numbers
+    # stay strings: int() refuses very long ones, the server does not.
+    json.loads(text, parse_int=str, parse_float=str, parse_constant=_no_constant)
+    return text
+
+
+def _jsonb(data: bytes, codec: str) -> str | None:
+    if not data or data[0] != 1:
+        return None  # jsonb_recv knows version 1 only
+    text = client_text(data[1:], codec)
+    if text is None:
+        return None
+    try:
+        document = json.loads(
+            text,
+            object_pairs_hook=_JsonbObject,
+            parse_int=_jsonb_number,
+            parse_float=_jsonb_number,
+            parse_constant=_no_constant,
+        )
+    except json.JSONDecodeError:
+        return None
+    parts: list[str] = []
+    _jsonb_out(document, parts)
+    return "".join(parts)
+
+
+class _JsonbObject(dict[str, Any]):
+    """A JSON object as jsonb keeps it: the last value of a repeated key."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+
+
+class _JsonbNumber(str):
+    """A JSON number as jsonb prints it (numeric_out of numeric_in)."""
+
+
+def _jsonb_number(token: str) -> _JsonbNumber:
+    number = Decimal(token)
+    if number.is_zero():
+        number = abs(number)  # numeric has no negative zero
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite: JSON has no NaN or Infinity
+    if -exponent > _DSCALE_MAX or number.adjusted() >= _NUMERIC_WHOLE_DIGITS:
+        raise ValueError("numeric out of range")
+    return _JsonbNumber(format(number, "f"))
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _jsonb_out(value: Any, parts: list[str]) -> None:
+    """JsonbToCString: keys by length, then bytes; ", " and ": " between items."""
+    if isinstance(value, _JsonbObject):
+        keys = sorted(value, key=_jsonb_key)
+        parts.append("{")
+        for i, key in enumerate(keys):
+            if i:
+                parts.append(", ")
+            parts.append(_jsonb_string(key))
+            parts.append(": ")
+            _jsonb_out(value[key], parts)
+        parts.append("}")
+    elif isinstance(value, list):
+        parts.append("[")
+        for i, item in enumerate(value):
+            if i:
+                parts.append(", ")
+            _jsonb_out(item, parts)
+        parts.append("]")
+    elif isinstance(value, _JsonbNumber):
+        parts.append(str(value))
+    elif isinstance(value, str):
+        parts.append(_jsonb_string(value))
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    else:
+        parts.append("null")
+
+
+def _jsonb_key(key: str) -> tuple[int, bytes]:
+    raw = _jsonb_bytes(key)
+    return len(raw), raw
+
+
+def _jsonb_bytes(text: str) -> bytes:
+    # jsonb refuses \u0000 and unpaired surrogates; encode() then raises ValueError.
+    if "\x00" in text:
+        raise ValueError("\\u0000 cannot be converted to text")
+    return text.encode("utf-8")
+
+
+#: escape_json: the two-character escapes; other control characters as \u00xx.
+_JSON_ESCAPES: Final = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    **{chr(c): f"\\u{c:04x}" for c in range(0x20) if chr(c) not in "\b\f\n\r\t"},
+}
+_JSON_ESCAPE_TABLE: Final = str.maketrans(_JSON_ESCAPES)
+
+
+def _jsonb_string(text: str) -> str:
+    _jsonb_bytes(text)
+    return '"' + text.translate(_JSON_ESCAPE_TABLE) + '"'
+
+
+# --- the table -------------------------------------------------------------------------
+
+_RENDERERS: Final[dict[int, Callable[[bytes, str], str | None]]] = {
+    BOOL: _bool,
+    BYTEA: _bytea,
+    NAME: _name,
+    INT8: _integer(_INT8),
+    INT2: _integer(_INT2),
+    INT4: _integer(_INT4),
+    TEXT: _text,
+    OID: _integer(_UINT4),
+    JSON: _json,
+    FLOAT4: _float(_BINARY32),
+    FLOAT8: _float(_BINARY64),
+    UNKNOWN: _text,
+    BPCHAR: _text,
+    VARCHAR: _text,
+    DATE: _date,
+    TIMESTAMP: _timestamp,
+    TIMESTAMPTZ: _timestamptz,
+    NUMERIC: _numeric,
+    UUID: _uuid,
+    JSONB: _jsonb,
+}
+
+#: The type OIDs :func:`render_binary` decodes.
+DECODED_TYPES: Final = frozenset(_RENDERERS)

@@ -1,0 +1,620 @@
+"""Binary parameter values as approvers see them (jitgate.gateways.postgres.values).
+
+PostgreSQL itself is the reference: values encoded with ``struct`` as the
+binary format defines (what a client sends) go to the local server as binary
+parameters of ``SELECT $1``, and the text it prints for them (text result
+format, ISO dates, UTC, default float digits) is what :func:`render_binary`
+must give; bytes the server refuses must give None. Random bytes never raise.
+
+Through a real gateway (raw protocol clients, as in
+tests/test_pg_gateway_protocol_security.py): a held statement's request shows
+the decoded values beside the exact ones, its fingerprint still covers the
+exact ones, and types learned for one definition of a statement are never
+used for another (re-Parse, Close, a refused Parse, SQL redefining the name).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import struct
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from psycopg.pq import ExecStatus
+from sqlalchemy.engine import make_url
+
+from conftest import DEFAULT_PG, PG_ENV
+from jitgate.actions.model import Action, ActionKind, fingerprint
+from jitgate.gateways.postgres import values as v
+from jitgate.gateways.postgres.values import render_binary, undecoded
+from jitgate.store import list_events
+from pg_gateway_support import (
+    SYNC,
+    GatewayEnv,
+    Message,
+    RawClient,
+    bind,
+    close,
+    codes,
+    describe,
+    execute,
+    gateway_env,
+    held_request_id,
+    parse,
+    query,
+)
+
+CHECKED = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+def pack(fmt: str, *items: Any) -> bytes:
+    return struct.pack("!" + fmt, *items)
+
+
+def numeric(weight: int, sign: int, dscale: int, *digits: int) -> bytes:
+    """A numeric in the binary format: ndigits, weight, sign, dscale, base-10000 digits."""
+    return pack(f"HhHH{len(digits)}h", len(digits), weight, sign, dscale, *digits)
+
+
+def days(year: int, month: int, day: int) -> int:
+    """Days since 2000-01-01 (proleptic Gregorian, year >= 1)."""
+    return (dt.date(year, month, day) - dt.date(2000, 1, 1)).days
+
+
+MICROS_PER_DAY = 86_400_000_000
+NEG, NAN, PINF, NINF = 0x4000, 0xC000, 0xD000, 0xF000
+
+
+# --- each type, by hand ------------------------------------------------------------------
+
+CASES: list[tuple[int, bytes, str]] = [
+    (v.BOOL, b"\x01", "t"),
+    (v.BOOL, b"\x00", "f"),
+    (v.BOOL, b"\x07", "t"),  # boolrecv: anything but 0 is true
+    (v.INT2, pack("h", -32768), "-32768"),
+    (v.INT4, pack("i", 42), "42"),
+    (v.INT4, pack("i", -1), "-1"),
+    (v.INT8, pack("q", 2**63 - 1), "9223372036854775807"),
+    (v.OID, pack("I", 2**32 - 1), "4294967295"),
+    (v.FLOAT8, pack("d", 0.1), "0.1"),
+    (v.FLOAT8, pack("d", 1.0), "1"),
+    (v.FLOAT8, pack("d", -2.5), "-2.5"),
+    (v.FLOAT8, pack("d", 1e15), "1e+15"),
+    (v.FLOAT8, pack("d", 1e14), "100000000000000"),
+    (v.FLOAT8, pack("d", 0.0001), "0.0001"),
+    (v.FLOAT8, pack("d", 0.00001), "1e-05"),
+    (v.FLOAT8, pack("d", 1e100), "1e+100"),
+    (v.FLOAT8, pack("d", 5e-324), "5e-324"),
+    (v.FLOAT8, pack("d", -0.0), "-0"),
+    # The shortest decimal reading back as it is 6.464567042681138e+16 (Python's
+    # repr), but that is the midpoint to the next double: PostgreSQL never prints one.
+    (v.FLOAT8, pack("d", 64645670426811376.0), "6.4645670426811376e+16"),
+    (v.FLOAT8, pack("d", math.nan), "NaN"),
+    (v.FLOAT8, pack("Q", 0xFFF8000000000001), "NaN"),  # any NaN payload, any sign
+    (v.FLOAT8, pack("d", math.inf), "Infinity"),
+    (v.FLOAT8, pack("d", -math.inf), "-Infinity"),
+    (v.FLOAT4, pack("f", 0.1), "0.1"),
+    (v.FLOAT4, pack("f", 123456.0), "123456"),
+    (v.FLOAT4, pack("f", 1234567.0), "1.234567e+06"),
+    (v.FLOAT4, pack("f", 3.4028234663852886e38), "3.4028235e+38"),
+    (v.FLOAT4, pack("I", 1), "1e-45"),  # the smallest subnormal
+    (v.FLOAT4, pack("f", 16777216.0), "1.6777216e+07"),
+    (v.FLOAT4, pack("f", 67108896.0), "6.7108896e+07"),  # not the midpoint 6.71089e+07
+    (v.FLOAT4, pack("f", -math.inf), "-Infinity"),
+    (v.FLOAT4, pack("I", 0x7FC00000), "NaN"),
+    (v.TEXT, "été".encode(), "été"),
+    (v.VARCHAR, b"", ""),
+    (v.BPCHAR, b"ab  ", "ab  "),
+    (v.NAME, b"x" * 63, "x" * 63),
+    (v.UNKNOWN, b"anything", "anything"),
+    (v.BYTEA, b"\x00\xffA", "\\x00ff41"),
+    (v.BYTEA, b"", "\\x"),
+    (v.UUID, bytes(range(16)), "00010203-0405-0607-0809-0a0b0c0d0e0f"),
+    (v.DATE, pack("i", 0), "2000-01-01"),
+    (v.DATE, pack("i", days(2024, 2, 29)), "2024-02-29"),
+    (v.DATE, pack("i", days(1, 1, 1) - 1), "0001-12-31 BC"),
+    (v.DATE, pack("i", -2451545), "4714-11-24 BC"),  # Julian day 0, the first valid date
+    (v.DATE, pack("i", 2145031948), "5874897-12-31"),  # the last one
+    (v.DATE, pack("i", -(2**31)), "-infinity"),
+    (v.DATE, pack("i", 2**31 - 1), "infinity"),
+    (v.TIMESTAMP, pack("q", 0), "2000-01-01 00:00:00"),
+    (v.TIMESTAMP, pack("q", -1), "1999-12-31 23:59:59.999999"),
+    (v.TIMESTAMP, pack("q", 120_000), "2000-01-01 00:00:00.12"),
+    (v.TIMESTAMP, pack("q", -(2**63)), "-infinity"),
+    (v.TIMESTAMP, pack("q", 2**63 - 1), "infinity"),
+    (
+        v.TIMESTAMPTZ,
+        pack("q", days(2024, 5, 17) * MICROS_PER_DAY + 3_723_000_500),
+        "2024-05-17 01:02:03.0005+00",
+    ),
+    (v.TIMESTAMPTZ, pack("q", -211813488000000000), "4714-11-24 00:00:00+00 BC"),
+    (v.TIMESTAMPTZ, pack("q", 9223371331199999999), "294276-12-31 23:59:59.999999+00"),
+    (v.NUMERIC, numeric(0, 0, 0), "0"),
+    (v.NUMERIC, numeric(0, NEG, 2), "0.00"),  # zero is never negative
+    (v.NUMERIC, numeric(0, NEG, 3, 12, 3456), "-12.345"),  # dscale cuts digits off
+    (v.NUMERIC, numeric(1, 0, 0, 1, 0), "10000"),
+    (v.NUMERIC, numeric(5, NEG, 0, 1, 2), "-100020000000000000000"),
+    (v.NUMERIC, numeric(-2, 0, 9, 12, 3456), "0.000000123"),
+    (v.NUMERIC, numeric(-2, 0, 3, 12, 3456), "0.000"),
+    (v.NUMERIC, numeric(1, 0, 0, 0, 3456), "3456"),  # leading zero digits
+    (v.NUMERIC, numeric(0, 0, 6, 7, 1200, 0, 0), "7.120000"),
+    (v.NUMERIC, numeric(-32768, 0, 0x3FFF, 0, 1), "0." + "0" * 0x3FFF),  # all cut off
+    (v.NUMERIC, numeric(0, NAN, 0), "NaN"),
+    (v.NUMERIC, numeric(0, PINF, 0), "Infinity"),
+    (v.NUMERIC, numeric(0, NINF, 0), "-Infinity"),
+    (v.JSON, b' {"b":1,  "a":[true]} ', ' {"b":1,  "a":[true]} '),
+    (
+        v.JSONB,
+        b'\x01{"b":1,"a":[1,2.50,1e2,-0],"a":{"x":"\\u00e9\\n/"},"aa":null}',
+        '{"a": {"x": "é\\n/"}, "b": 1, "aa": null}',
+    ),
+    (v.JSONB, b"\x01 3 ", "3"),
+    (v.JSONB, b'\x01"\\u001f\\t"', '"\\u001f\\t"'),
+    (v.JSONB, b'\x01{"z": 2, "ab": 3, "\xc3\xa9": 1}', '{"z": 2, "ab": 3, "é": 1}'),
+    (v.JSONB, b"\x01[1.0e1, 100e-5, -0.0, 12e-1, []]", "[10, 0.00100, 0.0, 1.2, []]"),
+]
+
+
+@pytest.mark.parametrize(("oid", "data", "text"), CASES)
+def test_each_type_reads_as_postgresql_prints_it(oid: int, data: bytes, text: str) -> None:
+    assert render_binary(oid, data) == text
+
+
+REFUSED: list[tuple[int, bytes]] = [
+    (v.BOOL, b""),
+    (v.BOOL, b"\x01\x00"),
+    (v.INT2, pack("i", 1)),
+    (v.INT4, pack("h", 1)),
+    (v.INT4, pack("q", 1)),
+    (v.INT8, pack("i", 1)),
+    (v.OID, b"\x00\x00\x01"),
+    (v.FLOAT4, pack("d", 1.0)),
+    (v.FLOAT8, pack("f", 1.0)),
+    (v.TEXT, b"\xff\xfe"),  # not UTF-8
+    (v.TEXT, b"a\x00b"),  # no PostgreSQL text holds a NUL
+    (v.NAME, b"x" * 64),  # longer than NAMEDATALEN - 1
+    (v.UUID, bytes(15)),
+    (v.DATE, pack("i", -2451546)),  # before Julian day 0
+    (v.DATE, pack("i", 2145031949)),
+    (v.DATE, b"\x00\x00"),
+    (v.TIMESTAMP, pack("q", -211813488000000001)),
+    (v.TIMESTAMPTZ, pack("q", 9223371331200000000)),
+    (v.TIMESTAMP, pack("i", 0)),
+    (v.NUMERIC, b""),
+    (v.NUMERIC, numeric(0, 0, 0, 1)[:-1]),  # a digit short
+    (v.NUMERIC, numeric(0, 0, 0, 1) + b"\x00\x00"),  # a digit too many
+    (v.NUMERIC, numeric(0, 0x1000, 0, 1)),  # no such sign
+    (v.NUMERIC, numeric(0, 0, 0, 10000)),  # a base-10000 digit out of range
+    (v.NUMERIC, numeric(0, 0, 0, -1)),
+    (v.NUMERIC, numeric(0, 0, 0x4000, 1)),  # dscale over its limit
+    (v.NUMERIC, numeric(0, NAN, 0, 10000)),  # NaN's digits are checked too
+    (v.JSON, b"{"),
+    (v.JSON, b"NaN"),
+    (v.JSONB, b""),
+    (v.JSONB, b"\x02{}"),  # only version 1 exists
+    (v.JSONB, b"{}"),
+    (v.JSONB, b'\x01"\\u0000"'),  # jsonb refuses \u0000
+    (v.JSONB, b'\x01"\\ud800"'),  # and an unpaired surrogate
+    (v.JSONB, b"\x01[1e131072]"),  # beyond numeric
+    (v.JSONB, b"\x01[1e-16384]"),
+    (v.JSONB, b"\x01" + b"[" * 100_000),
+    (1186, bytes(16)),  # interval: not decoded
+    (0, pack("i", 1)),  # type unknown
+]
+
+
+@pytest.mark.parametrize(("oid", "data"), REFUSED)
+def test_what_the_server_refuses_or_jitgate_does_not_read_is_none(oid: int, data: bytes) -> None:
+    assert render_binary(oid, data) is None
+
+
+def test_text_is_read_in_the_client_encoding() -> None:
+    latin1 = "été".encode("latin-1")
+    assert render_binary(v.TEXT, latin1) is None  # not UTF-8
+    assert render_binary(v.TEXT, latin1, "latin-1") == "été"
+    assert render_binary(v.JSONB, b'\x01"' + latin1 + b'"', "latin-1") == '"été"'
+    assert render_binary(v.TEXT, b"abc", "") is None  # an encoding jitgate cannot read
+    # SJIS as PostgreSQL reads it: 0x80 alone is not a character there.
+    assert render_binary(v.TEXT, b"\x82\xa0", "cp932") == "あ"
+    assert render_binary(v.TEXT, b"\x80", "cp932") is None
+
+
+def test_values_not_decoded_are_hex_labelled_with_why() -> None:
+    assert undecoded(1186, b"\x00\x01") == "\\x0001 (binary interval, not decoded)"
+    assert undecoded(v.INT4, b"\x01") == "\\x01 (binary int4, not decoded)"
+    assert undecoded(0, b"\xab") == "\\xab (binary, type not known to jitgate)"
+    assert undecoded(99999, b"") == "\\x (binary, type OID 99999, not decoded)"
+
+
+# --- random bytes never raise ------------------------------------------------------------
+
+ALL_TYPES = sorted(v.DECODED_TYPES)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    oid=st.sampled_from([*ALL_TYPES, 0, 1186]),
+    data=st.binary(max_size=64),
+    codec=st.sampled_from(["utf-8", "latin-1", "cp932", "ascii", ""]),
+)
+@example(oid=v.NUMERIC, data=numeric(32767, 0, 0x3FFF, 9999), codec="utf-8")
+@example(oid=v.JSONB, data=b"\x01[1e999999999999]", codec="utf-8")
+def test_random_bytes_never_raise(oid: int, data: bytes, codec: str) -> None:
+    text = render_binary(oid, data, codec)
+    assert text is None or isinstance(text, str)
+    assert undecoded(oid, data).startswith("\\x" + data.hex())
+
+
+# --- against the server --------------------------------------------------------------
+
+
+class Server:
+    """The local PostgreSQL printing binary parameters (text result format)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def prints(self, oid: int, data: bytes) -> str | None:
+        """What the server prints for ``data`` as a binary ``oid`` parameter; None
+        if it refuses the bytes."""
+        result = self.conn.pgconn.exec_params(b"SELECT $1", [data], [oid], [1], 0)
+        if result.status != ExecStatus.TUPLES_OK:
+            return None
+        value = result.get_value(0, 0)
+        assert value is not None
+        return value.decode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    url = make_url(os.environ.get(PG_ENV) or DEFAULT_PG).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1;"
+            "SET bytea_output = 'hex'; SET client_encoding = 'UTF8'"
+        )
+        yield Server(conn)
+
+
+@pytest.mark.parametrize(("oid", "data", "text"), CASES)
+def test_the_hand_cases_are_what_the_server_prints(
+    server: Server, oid: int, data: bytes, text: str
+) -> None:
+    assert server.prints(oid, data) == text
+
+
+@pytest.mark.parametrize(("oid", "data"), [c for c in REFUSED if c[0] in v.DECODED_TYPES])
+def test_the_refused_cases_are_refused_by_the_server(server: Server, oid: int, data: bytes) -> None:
+    assert server.prints(oid, data) is None
+
+
+def _in(low: int, high: int, *special: int, bits: int) -> st.SearchStrategy[int]:
+    """Integers in [low, high], around its ends (as far as ``bits`` signed bits
+    hold them), and the special values."""
+    edges = [
+        x
+        for e in (low, high)
+        for x in range(e - 3, e + 4)
+        if -(2 ** (bits - 1)) <= x < 2 ** (bits - 1)
+    ]
+    return st.integers(low, high) | st.sampled_from(edges + list(special))
+
+
+_MICROS = _in(-211813488000000000, 9223371331200000000, -(2**63), 2**63 - 1, bits=64)
+_texts = st.text(st.characters(codec="utf-8"), max_size=30).map(str.encode) | st.binary(max_size=12)
+_digit = st.integers(0, 9999) | st.sampled_from([0, 9999, 10000, -1])
+_numerics = st.builds(
+    lambda digits, weight, sign, dscale, cut: numeric(weight, sign, dscale, *digits)[:cut],
+    st.lists(_digit, max_size=6),
+    st.integers(-4, 4) | st.integers(-(2**15), 2**15 - 1),
+    st.sampled_from([0, NEG, NAN, PINF, NINF, 0x8000]),
+    st.integers(0, 12) | st.integers(0, 0x4001),
+    st.none() | st.integers(0, 20),
+)
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_json_texts = st.builds(
+    lambda doc, ascii_only, spaced: json.dumps(
+        doc, ensure_ascii=ascii_only, separators=(", ", ": ") if spaced else (",", ":")
+    ).encode("utf-8", "surrogatepass"),
+    _json_values,
+    st.booleans(),
+    st.booleans(),
+) | st.sampled_from(
+    [b"1.50e-3", b"-0", b"1E+2", b"0.000e5", b'{"a":1,"a":2}', b"[1,]", b"01", b'"\\u0000"']
+)
+#: For each decoded type, bytes a client would send, and bytes none would.
+VALUES: dict[int, st.SearchStrategy[bytes]] = {
+    v.BOOL: st.binary(max_size=2),
+    v.INT2: _in(-(2**15), 2**15 - 1, bits=16).map(lambda n: pack("h", n)) | st.binary(max_size=3),
+    v.INT4: _in(-(2**31), 2**31 - 1, bits=32).map(lambda n: pack("i", n)) | st.binary(max_size=5),
+    v.INT8: _in(-(2**63), 2**63 - 1, bits=64).map(lambda n: pack("q", n)) | st.binary(max_size=9),
+    v.OID: st.integers(0, 2**32 - 1).map(lambda n: pack("I", n)),
+    v.FLOAT4: st.integers(0, 2**32 - 1).map(lambda n: pack("I", n))
+    | st.floats(width=32).map(lambda x: pack("f", x)),
+    v.FLOAT8: st.integers(0, 2**64 - 1).map(lambda n: pack("Q", n))
+    | st.floats().map(lambda x: pack("d", x)),
+    v.TEXT: _texts,
+    v.VARCHAR: _texts,
+    v.BPCHAR: _texts,
+    v.NAME: _texts | st.integers(60, 66).map(lambda n: b"n" * n),
+    v.UNKNOWN: _texts,
+    v.BYTEA: st.binary(max_size=20),
+    v.UUID: st.binary(min_size=15, max_size=17),
+    v.DATE: _in(-2451545, 2145031948, -(2**31), 2**31 - 1, bits=32).map(lambda n: pack("i", n)),
+    v.TIMESTAMP: _MICROS.map(lambda n: pack("q", n)),
+    v.TIMESTAMPTZ: _MICROS.map(lambda n: pack("q", n)),
+    v.NUMERIC: _numerics,
+    v.JSON: _json_texts | _texts,
+    v.JSONB: (_json_texts | _texts).map(lambda b: b"\x01" + b) | st.binary(max_size=6),
+}
+
+
+def test_every_decoded_type_is_checked_against_the_server() -> None:
+    assert set(VALUES) == v.DECODED_TYPES
+
+
+@pytest.mark.parametrize("oid", sorted(VALUES), ids=lambda oid: v.TYPE_NAMES[oid])
+@CHECKED
+@given(data=st.data())
+def test_values_read_as_the_server_prints_them(
+    server: Server, oid: int, data: st.DataObject
+) -> None:
+    value = data.draw(VALUES[oid])
+    assert render_binary(oid, value) == server.prints(oid, value)
+
+
+# --- through the gateway ---------------------------------------------------------------
+
+INT4_2 = pack("i", 2)
+#: Bytes that read as text ("1234") and as an int4 (825373492) alike.
+AMBIGUOUS = b"1234"
+
+
+@pytest.fixture
+async def env(
+    fresh_pg_url: str, sqlite_template: Path, tmp_path: Path
+) -> AsyncIterator[GatewayEnv]:
+    conn = await asyncpg.connect(fresh_pg_url, timeout=10)
+    try:
+        await conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);"
+            "INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 5) i"
+        )
+    finally:
+        await conn.close()
+    async with gateway_env(fresh_pg_url, sqlite_template, tmp_path) as built:
+        yield built
+
+
+@pytest.fixture
+async def client(env: GatewayEnv) -> AsyncIterator[RawClient]:
+    client = await env.login()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def held(
+    env: GatewayEnv, client: RawClient, *parts: bytes, approve: bool = False
+) -> dict[str, Any]:
+    """Send ``parts`` (ending with the held Execute and a Sync); the request's view,
+    once it is denied (or approved) and the batch answered."""
+    await client.send(*parts)
+    seen: list[Message] = []
+    while (request_id := held_request_id(seen)) is None:
+        seen.append(await client.read())
+    view = dict(await env.service.get(env.principals["bob"], request_id))
+    if approve:
+        await env.approve(request_id)
+    else:
+        await env.deny(request_id)
+    answer = await client.until_ready()
+    assert codes(answer) == ([] if approve else ["42501"]), answer
+    return view
+
+
+def attributes(view: dict[str, Any]) -> dict[str, Any]:
+    return dict(view["action"]["attributes"])
+
+
+async def test_a_held_statement_shows_decoded_values_beside_the_exact_ones(
+    env: GatewayEnv, client: RawClient
+) -> None:
+    text = "DELETE FROM t WHERE id = $1 AND v = $2"
+    # As asyncpg does: no types in Parse, a Describe, then binary values.
+    assert not codes(await client.round(parse("", text), describe("S", ""), SYNC))
+    view = await held(
+        env,
+        client,
+        bind("", "", [INT4_2, b"v2"], formats=[1, 1]),
+        execute(),
+        SYNC,
+        approve=True,
+    )
+    exact = ["\\x00000002", "\\x7632"]
+    assert attributes(view)["parameters"] == exact
+    assert attributes(view)["parameter_values"] == ["2", "v2"]
+    # The approval is bound to the exact bytes, as before.
+    action = Action(
+        kind=ActionKind.SQL,
+        text=text,
+        target="app",
+        environment="production",
+        attributes={"parameters": exact},
+    )
+    assert view["fingerprint"] == fingerprint(action)
+    # The statement's record carries both too.
+    assert await env.recorder.flush(10)
+    async with env.db.transaction(readonly=True) as session:
+        events = await list_events(session, after_seq=0, limit=1000)
+    (record,) = [e for e in events if e.type == "statement.executed" and e.payload["text"] == text]
+    assert record.payload["parameters"] == exact
+    assert record.payload["extra"] == {"parameter_values": ["2", "v2"]}
+
+
+async def test_text_values_alone_are_shown_once(env: GatewayEnv, client: RawClient) -> None:
+    view = await held(
+        env, client, parse("", "DELETE FROM t WHERE id = $1"), bind("", "", [b"2"]), execute(), SYNC
+    )
+    assert attributes(view)["parameters"] == ["2"]
+    assert "parameter_values" not in attributes(view)
+
+
+async def test_declared_types_need_no_describe(env: GatewayEnv, client: RawClient) -> None:
+    # As psycopg does for %b: the OIDs in Parse. NULL stays null.
+    view = await held(
+        env,
+        client,
+        parse("", "DELETE FROM t WHERE id = $1 OR v = $2", [v.INT8, 0]),
+        bind("", "", [pack("q", 3), None], formats=[1]),
+        execute(),
+        SYNC,
+    )
+    assert attributes(view)["parameter_values"] == ["3", None]
+
+
+async def test_an_unknown_type_shows_labelled_hex(env: GatewayEnv, client: RawClient) -> None:
+    view = await held(
+        env,
+        client,
+        parse("", "DELETE FROM t WHERE id = $1"),
+        bind("", "", [INT4_2], formats=[1]),
+        execute(),
+        SYNC,
+    )
+    assert attributes(view)["parameters"] == ["\\x00000002"]
+    assert attributes(view)["parameter_values"] == [
+        "\\x00000002 (binary, type not known to jitgate)"
+    ]
+
+
+async def test_a_re_parse_does_not_reuse_the_types_of_the_statement_it_replaces(
+    env: GatewayEnv, client: RawClient
+) -> None:
+    # s1 takes text; the Describe says so.
+    await client.round(parse("s1", "DELETE FROM t WHERE v = $1"), describe("S", "s1"), SYNC)
+    # Closed and parsed again taking an int: until described, its type is unknown.
+    run = (bind("", "s1", [AMBIGUOUS], formats=[1]), execute(), SYNC)
+    redefine = (close("S", "s1"), parse("s1", "DELETE FROM t WHERE id = $1"))
+    view = await held(env, client, *redefine, *run)
+    assert attributes(view)["parameter_values"] == [
+        "\\x31323334 (binary, type not known to jitgate)"
+    ]
+    await client.round(describe("S", "s1"), SYNC)
+    view = await held(env, client, *run)
+    assert attributes(view)["parameter_values"] == ["825373492"]
+    # The unnamed statement, replaced by a Parse declaring another type.
+    await client.round(parse("", "DELETE FROM t WHERE v = $1"), describe("S", ""), SYNC)
+    view = await held(
+        env,
+        client,
+        parse("", "DELETE FROM t WHERE id = $1", [v.INT4]),
+        bind("", "", [AMBIGUOUS], formats=[1]),
+        execute(),
+        SYNC,
+    )
+    assert attributes(view)["parameter_values"] == ["825373492"]
+
+
+async def test_a_refused_parse_keeps_the_types_of_the_statement_it_would_replace(
+    env: GatewayEnv, client: RawClient
+) -> None:
+    await client.round(parse("s1", "DELETE FROM t WHERE id = $1"), describe("S", "s1"), SYNC)
+    # s1 exists: the server refuses the Parse, so s1 is still the int statement.
+    view = await held(
+        env,
+        client,
+        parse("s1", "DELETE FROM t WHERE v = $1", [v.TEXT]),
+        SYNC,
+        bind("", "s1", [AMBIGUOUS], formats=[1]),
+        execute(),
+        SYNC,
+    )
+    assert view["action"]["text"] == "DELETE FROM t WHERE id = $1"
+    assert attributes(view)["parameter_values"] == ["825373492"]
+
+
+async def test_a_statement_defined_again_knows_only_its_declared_types(
+    env: GatewayEnv, client: RawClient
+) -> None:
+    await client.round(parse("s1", "DELETE FROM t WHERE id = $1"), describe("S", "s1"), SYNC)
+    # SQL puts a statement taking text under the name; the server describes that one.
+    answer = await client.round(query("DEALLOCATE s1; PREPARE s1(text) AS SELECT $1"))
+    assert not codes(answer), answer
+    await client.round(describe("S", "s1"), SYNC)
+    # The gateway defines its s1 again before the Bind: the server infers its
+    # type anew, so what either Describe said is not shown as its type.
+    view = await held(env, client, bind("", "s1", [AMBIGUOUS], formats=[1]), execute(), SYNC)
+    assert view["action"]["text"] == "DELETE FROM t WHERE id = $1"
+    assert attributes(view)["parameter_values"] == [
+        "\\x31323334 (binary, type not known to jitgate)"
+    ]
+
+
+async def test_a_describe_of_a_name_sql_redefined_teaches_nothing(
+    env: GatewayEnv, client: RawClient
+) -> None:
+    await client.round(parse("s1", "DELETE FROM t WHERE id = $1"), SYNC)
+    view = await held(
+        env,
+        client,
+        # The unnamed portal runs s1 as it is now (taking an int), whatever s1 becomes.
+        bind("", "s1", [AMBIGUOUS], formats=[1]),
+        # SQL puts a statement taking text under the name s1 ...
+        parse("s2", "DEALLOCATE s1"),
+        bind("p2", "s2"),
+        execute("p2"),
+        parse("s3", "PREPARE s1(text) AS SELECT $1"),
+        bind("p3", "s3"),
+        execute("p3"),
+        # ... and the server describes that one: not the portal's statement.
+        describe("S", "s1"),
+        execute(""),
+        SYNC,
+    )
+    assert view["action"]["text"] == "DELETE FROM t WHERE id = $1"
+    assert attributes(view)["parameter_values"] == [
+        "\\x31323334 (binary, type not known to jitgate)"
+    ]
+
+
+#: Floats whose neighbours' midpoints are often short decimals (large integers).
+_ROUND_FLOATS = st.integers(2**24, 2**70).map(float)
+
+
+@pytest.mark.parametrize(
+    ("oid", "fmt"), [(v.FLOAT4, "f"), (v.FLOAT8, "d")], ids=["float4", "float8"]
+)
+@settings(
+    max_examples=1500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(x=_ROUND_FLOATS | st.floats(allow_nan=False, width=32))
+def test_floats_never_print_a_midpoint(server: Server, oid: int, fmt: str, x: float) -> None:
+    data = pack(fmt, x)
+    assert render_binary(oid, data) == server.prints(oid, data)
