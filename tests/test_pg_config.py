@@ -464,6 +464,75 @@ def test_listen_forms() -> None:
             listen(bad)
 
 
+# --- workers --------------------------------------------------------------------------------
+
+WORKERS_BASE = (
+    "listen: 127.0.0.1:6432\ntargets: [{name: a, environment: dev, upstream: 'postgres://u@h'}]\n"
+)
+
+
+def test_workers(tmp_path: Path) -> None:
+    assert load_gateway_config(write(tmp_path, WORKERS_BASE)).workers == 1
+    path = write(tmp_path, WORKERS_BASE + "workers: 64\n")
+    assert load_gateway_config(path, standalone=True).workers == 64
+    # In the server's process (jitgate serve --gateway) the gateway runs once.
+    assert errors_of(path) == [
+        f"{path}:3: workers: 64 workers need a standalone gateway (jitgate proxy postgres "
+        "--config FILE); jitgate serve --gateway runs the gateway in the server's own "
+        "process: remove workers or set it to 1"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "workers must be from 1 to 64 (gateway processes), not 0"),
+        ("-3", "workers must be from 1 to 64 (gateway processes), not -3"),
+        ("65", "workers must be from 1 to 64 (gateway processes), not 65"),
+        ("two", "expected a whole number, not a string"),
+        ("'2'", "expected a whole number, not a string"),
+        ("2.0", "expected a whole number, not a number"),
+        ("true", "expected a whole number, not a boolean"),
+    ],
+)
+def test_bad_workers(tmp_path: Path, value: str, message: str) -> None:
+    path = write(tmp_path, WORKERS_BASE + f"workers: {value}\n")
+    with pytest.raises(GatewayConfigError) as caught:
+        load_gateway_config(path, standalone=True)
+    assert str(caught.value) == f"{path}:3: workers: {message}"
+
+
+def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
+    text = WORKERS_BASE.replace("6432", "0") + "workers: 2\n"
+    path = write(tmp_path, text)
+    with pytest.raises(GatewayConfigError) as caught:
+        load_gateway_config(path, standalone=True)
+    assert str(caught.value) == (
+        f"{path}:3: workers: 2 workers need a fixed listen port: with port 0 each worker "
+        "would listen on a different one"
+    )
+    # One process may pick its port.
+    assert load_gateway_config(write(tmp_path, WORKERS_BASE.replace("6432", "0"))).listen_port == 0
+
+
+def test_the_command_line_overrides_the_files_listen_and_workers(tmp_path: Path) -> None:
+    path = write(tmp_path, WORKERS_BASE + "workers: 4\n")
+    config = load_gateway_config(path, standalone=True)
+    assert config.with_options() is config
+    both = config.with_options(listen="0.0.0.0:7000", workers=2)
+    assert (both.listen_host, both.listen_port, both.workers) == ("0.0.0.0", 7000, 2)
+    assert both.targets == config.targets
+    assert config.with_options(workers=1).with_options(listen="127.0.0.1:0").listen_port == 0
+    for options, expected in [
+        ({"workers": 0}, "--workers: workers must be from 1 to 64"),
+        ({"listen": "127.0.0.1:0"}, "--workers: 4 workers need a fixed listen port"),
+        ({"listen": "nowhere"}, "--listen: expected host:port"),
+    ]:
+        with pytest.raises(GatewayConfigError) as caught:
+            config.with_options(**options)  # type: ignore[arg-type]
+        assert str(caught.value).startswith(expected), str(caught.value)
+
+
 # --- the command line's single target -----------------------------------------------------
 
 
@@ -497,6 +566,23 @@ def test_single_errors_name_the_option(
 ) -> None:
     with pytest.raises(GatewayConfigError) as caught:
         GatewayConfig.single(*args)
+    assert str(caught.value).startswith(expected), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("listen", "workers", "expected"),
+    [
+        ("127.0.0.1:1", 0, "--workers: workers must be from 1 to 64 (gateway processes), not 0"),
+        ("127.0.0.1:1", 65, "--workers: workers must be from 1 to 64 (gateway processes), not 65"),
+        ("127.0.0.1:0", 2, "--workers: 2 workers need a fixed listen port: with port 0 each"),
+    ],
+)
+def test_single_workers(listen: str, workers: int, expected: str) -> None:
+    assert GatewayConfig.single("127.0.0.1:1", "postgresql://u@db/d", "prod").workers == 1
+    many = GatewayConfig.single("127.0.0.1:1", "postgresql://u@db/d", "prod", workers=64)
+    assert many.workers == 64
+    with pytest.raises(GatewayConfigError) as caught:
+        GatewayConfig.single(listen, "postgresql://u@db/d", "prod", workers=workers)
     assert str(caught.value).startswith(expected), str(caught.value)
 
 

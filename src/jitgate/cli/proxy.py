@@ -7,12 +7,15 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from jitgate.cli.common import err_console, fail
 from jitgate.cli.options import Token, Url
+
+if TYPE_CHECKING:
+    from jitgate.gateways.postgres.config import GatewayConfig
 
 app = typer.Typer(help="Gateways that hold dangerous actions in the connection itself.")
 
@@ -44,6 +47,15 @@ def postgres_command(
         str | None,
         typer.Option("--target", "-t", help="Target name (default: the upstream database)."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Gateway processes sharing the port, for machines with cores to spare "
+            "(default 1, or the config's workers).",
+            show_default=False,
+        ),
+    ] = None,
     url: Url = None,
     token: Token = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log sessions.")] = False,
@@ -65,16 +77,18 @@ def postgres_command(
         if config is not None:
             if upstream is not None or env is not None or target is not None:
                 fail("give either --config or --upstream/--env/--target, not both")
-            gateway_config = load_gateway_config(config)
-            if listen is not None:
-                gateway_config = gateway_config.model_copy(
-                    update={"listen": type(gateway_config.listen).model_validate(listen)}
-                )
+            gateway_config = load_gateway_config(config, standalone=True).with_options(
+                listen=listen, workers=workers
+            )
         else:
             if upstream is None or env is None:
                 fail("give --upstream and --env (or --config FILE)")
             gateway_config = GatewayConfig.single(
-                listen or "127.0.0.1:6432", upstream, env, target
+                listen or "127.0.0.1:6432",
+                upstream,
+                env,
+                target,
+                workers=1 if workers is None else workers,
             )
         server_url = url
         server_token = token
@@ -86,39 +100,46 @@ def postgres_command(
     except ValueError as error:
         fail(str(error))
     if not server_url or not server_token:
-        fail("the gateway needs the jitgate server: give --url and --token (or JITGATE_URL and "
-             "JITGATE_TOKEN), with a service account's token")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+        fail(
+            "the gateway needs the jitgate server: give --url and --token (or JITGATE_URL and "
+            "JITGATE_TOKEN), with a service account's token"
+        )
     from jitgate.gateways.postgres import loop_factory
+    from jitgate.gateways.postgres.workers import LOG_FORMAT, StartFailed
 
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_run_standalone(gateway_config, server_url, server_token))
-
-
-async def _run_standalone(config: object, url: str, token: str) -> None:
-    from jitgate.gateways.postgres import start_gateway
-    from jitgate.gateways.postgres.config import GatewayConfig
-    from jitgate.gateways.remote import RemoteApprovals
-
-    assert isinstance(config, GatewayConfig)
-    port = RemoteApprovals(url, token, gateway=config.name)
+    log_level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
     try:
-        await port.start()
-    except Exception as error:
-        await port.close()
-        err_console.print(f"[bold red]error:[/] cannot reach the jitgate server: {error}")
-        raise typer.Exit(1) from None
-    try:
-        gateway = await start_gateway(config, port, url)
-    except OSError as error:  # the recorder and the port are closed
-        err_console.print(f"[bold red]error:[/] cannot listen on {config.listen}: {error}")
-        raise typer.Exit(1) from None
-    host, bound = gateway.address
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            if gateway_config.workers == 1:
+                runner.run(_run_standalone(gateway_config, server_url, server_token))
+            else:
+                runner.run(_run_workers(gateway_config, server_url, server_token, log_level))
+    except StartFailed as error:
+        fail(str(error), code=1)
+
+
+def _announce(config: GatewayConfig, host: str, port: int) -> None:
     targets = ", ".join(f"{t.name} ({t.environment})" for t in config.targets)
-    err_console.print(f"jitgate postgres gateway on {host}:{bound}; targets: {targets}")
+    line = f"jitgate postgres gateway on {host}:{port}; targets: {targets}"
+    if config.workers > 1:
+        line += f"; {config.workers} workers"
+    err_console.print(line, soft_wrap=True, highlight=False)
+
+
+async def _run_workers(config: GatewayConfig, url: str, token: str, log_level: int) -> None:
+    from jitgate.gateways.postgres.workers import Supervisor
+
+    supervisor = Supervisor(config, url, token, log_level=log_level)
+    await supervisor.run(lambda host, port: _announce(config, host, port))
+
+
+async def _run_standalone(config: GatewayConfig, url: str, token: str) -> None:
+    from jitgate.gateways.postgres.workers import start_standalone
+
+    gateway = await start_standalone(config, url, token)
+    host, bound = gateway.address
+    _announce(config, host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

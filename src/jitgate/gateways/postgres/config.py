@@ -15,6 +15,8 @@
       url: https://jitgate.example.com
       token_env: JITGATE_TOKEN        # or token: / token_file:
     audit_batch: {max_records: 1000, max_delay_ms: 250}
+    workers: 4                        # optional: gateway processes on the listen port
+                                      # (jitgate proxy postgres only; default 1)
     targets:
       - name: app                     # clients connect with database=app
         environment: production
@@ -70,6 +72,9 @@ TlsMode = Literal["disable", "allow", "require"]
 
 DEFAULT_PORT = 5432
 DEFAULT_LISTEN = "127.0.0.1:6432"
+#: The most gateway processes one listen port may have: more than the cores
+#: of any machine the gateway is meant for only adds memory and upstream logins.
+MAX_WORKERS = 64
 #: The DSN query parameters understood (libpq's names).
 DSN_PARAMETERS = ("sslmode", "sslrootcert", "application_name")
 #: Other libpq parameters: named in an error. Anything else is not shown, as
@@ -513,11 +518,24 @@ class GatewayConfig(_Closed):
     max_message_bytes: Annotated[int, Field(ge=64 * 1024, le=1 << 30)] = 64 * 1024 * 1024
     server: ServerLink | None = None
     audit_batch: AuditBatch = AuditBatch()
+    #: Gateway processes sharing the listen port (SO_REUSEPORT), each a whole
+    #: gateway; only ``jitgate proxy postgres`` runs more than one.
+    workers: Annotated[int, Field(strict=True)] = 1
 
     @field_validator("tls", mode="before")
     @classmethod
     def _none(cls, value: Any) -> Any:
         return None if value == "none" else value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        if not 1 <= value <= MAX_WORKERS:
+            raise field_error(
+                "workers",
+                f"workers must be from 1 to {MAX_WORKERS} (gateway processes), not {value}",
+            )
+        return value
 
     @field_validator("targets")
     @classmethod
@@ -543,6 +561,18 @@ class GatewayConfig(_Closed):
                 f"default_target {self.default_target!r} is not a target "
                 f"(targets: {', '.join(names)})",
                 at=("default_target",),
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_a_port(self) -> GatewayConfig:
+        # Port 0 lets each process pick a free port: the workers would not share one.
+        if self.workers > 1 and self.listen.port == 0:
+            raise field_error(
+                "workers",
+                f"{self.workers} workers need a fixed listen port: with port 0 each "
+                "worker would listen on a different one",
+                at=("workers",),
             )
         return self
 
@@ -574,6 +604,26 @@ class GatewayConfig(_Closed):
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
 
+    def with_options(
+        self, *, listen: str | None = None, workers: int | None = None
+    ) -> GatewayConfig:
+        """This configuration with the command line's ``--listen`` and ``--workers``
+        (given ones win over the file's), checked again as a whole;
+        :class:`GatewayConfigError` naming the option."""
+        update: dict[str, Any] = {}
+        if listen is not None:
+            update["listen"] = listen
+        if workers is not None:
+            update["workers"] = workers
+        if not update:
+            return self
+        # The targets and the rest are validated already: instances pass as they are.
+        data = {name: getattr(self, name) for name in type(self).model_fields} | update
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            raise _errors(exc, type(self), None, SourceMap("<command line>")) from None
+
     def target_for(self, database: str) -> Target | None:
         """The target a client's startup ``database`` selects: the one of that name,
         else the default target (or the only one), else None."""
@@ -591,11 +641,12 @@ class GatewayConfig(_Closed):
         upstream_dsn: str,
         environment: str,
         target_name: str | None = None,
+        workers: int = 1,
     ) -> GatewayConfig:
         """The one-target configuration of the command line (``--listen``,
-        ``--upstream``, ``--env``, ``--target``; the target is named after the
-        upstream database unless ``target_name`` is given). Every client
-        reaches that target, whatever database it names."""
+        ``--upstream``, ``--env``, ``--target``, ``--workers``; the target is named
+        after the upstream database unless ``target_name`` is given). Every
+        client reaches that target, whatever database it names."""
         try:
             upstream = Upstream.model_validate(upstream_dsn)
         except ValidationError as exc:
@@ -605,7 +656,7 @@ class GatewayConfig(_Closed):
             "upstream": upstream,
             "environment": environment,
         }
-        data = {"listen": listen, "targets": [target]}
+        data = {"listen": listen, "targets": [target], "workers": workers}
         try:
             return cls.model_validate(data, context={"base_dir": Path.cwd()})
         except ValidationError as exc:
@@ -618,6 +669,7 @@ _OPTIONS = {
     ("listen",): "--listen",
     ("targets", 0, "environment"): "--env",
     ("targets", 0, "name"): "--target",
+    ("workers",): "--workers",
 }
 
 
@@ -653,9 +705,14 @@ def parse_gateway_config(
     lines: SourceMap | None = None,
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    standalone: bool = False,
 ) -> GatewayConfig:
     """Validate ``data`` (the parsed YAML) and check that every secret it refers
-    to (files, environment variables) is available now."""
+    to (files, environment variables) is available now.
+
+    ``standalone``: the gateway runs as ``jitgate proxy postgres``, in processes
+    of its own. Otherwise (``jitgate serve --gateway``) it runs in the server's
+    one process, and ``workers`` above 1 is refused rather than ignored."""
     where = lines if lines is not None else SourceMap(source)
     if not isinstance(data, dict):
         raise GatewayConfigError(
@@ -676,6 +733,15 @@ def parse_gateway_config(
         )
         raise GatewayConfigError(problems) from None
     problems = []
+    if config.workers > 1 and not standalone:
+        problems.append(
+            where.problem(
+                ("workers",),
+                f"{config.workers} workers need a standalone gateway (jitgate proxy postgres "
+                "--config FILE); jitgate serve --gateway runs the gateway in the server's "
+                "own process: remove workers or set it to 1",
+            )
+        )
     secrets: list[tuple[FieldPath, Any]] = [
         (("targets", i, "upstream"), target.upstream.resolve_password)
         for i, target in enumerate(config.targets)
@@ -709,10 +775,14 @@ def _secret_path(data: Any, path: FieldPath) -> FieldPath:
 
 
 def load_gateway_config(
-    path: str | PathLike[str], *, environ: Mapping[str, str] | None = None
+    path: str | PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    standalone: bool = False,
 ) -> GatewayConfig:
     """The configuration in the YAML file at ``path``; :class:`GatewayConfigError`
-    (naming the file, line and field) if it cannot be read or used."""
+    (naming the file, line and field) if it cannot be read or used.
+    ``standalone``: see :func:`parse_gateway_config`."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -730,4 +800,6 @@ def load_gateway_config(
             [PolicyProblem("the gateway config is empty (expected 'targets')", file=source, line=1)]
         )
     base_dir = Path(path).resolve().parent
-    return parse_gateway_config(data, source, lines=lines, base_dir=base_dir, environ=environ)
+    return parse_gateway_config(
+        data, source, lines=lines, base_dir=base_dir, environ=environ, standalone=standalone
+    )

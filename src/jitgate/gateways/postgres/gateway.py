@@ -10,7 +10,9 @@ when the DSN asks for it), relays the upstream's parameters, hands out its
 own backend key, and leaves the connection to a :class:`Session`.
 
 A CancelRequest names the gateway's key: it withdraws a held statement, or
-is passed on to the upstream with the upstream's key.
+is passed on to the upstream with the upstream's key. A gateway that is one
+worker of several (workers.py) passes a CancelRequest for another worker's
+key to that worker, which checks it as its own.
 
 :meth:`PostgresGateway.stop` ends every connection as PostgreSQL does at a
 shutdown (FATAL 57P01; a held statement is withdrawn) and waits for what the
@@ -26,7 +28,7 @@ import logging
 import os
 import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from jitgate.gateways.port import ApprovalPort, ApprovalUnavailable, GatewayRefused
@@ -40,8 +42,10 @@ from jitgate.gateways.postgres.config import (
 from jitgate.gateways.postgres.link import ConnectionClosed, Link
 from jitgate.gateways.postgres.session import Session
 from jitgate.gateways.postgres.upstream_auth import UpstreamAuthFailed, authenticate_upstream
+from jitgate.gateways.postgres.workers import forward_cancel, listen_for_cancels, random_pid
 
 if TYPE_CHECKING:
+    from jitgate.gateways.postgres.workers import WorkerSlot
     from jitgate.gateways.recorder import StatementRecorder
 
 log = logging.getLogger("jitgate.gateway.postgres")
@@ -87,15 +91,20 @@ class PostgresGateway:
         recorder: StatementRecorder,
         *,
         approve_url: str | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
         self.config = config
         self.port = port
         self.recorder = recorder
         self.approve_url = approve_url.rstrip("/") if approve_url else None
+        #: Which of several gateway processes on the port this is (None: the only one).
+        self.worker = worker
         self.sessions: dict[int, Session] = {}
         self._server: asyncio.Server | None = None
+        #: Where the other workers pass on cancels for this worker's keys.
+        self._cancel_server: asyncio.AbstractServer | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
-        #: CancelRequests being passed on to an upstream.
+        #: CancelRequests being passed on to an upstream or to another worker.
         self._cancels: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._ssl = _server_tls(config)
@@ -111,8 +120,21 @@ class PostgresGateway:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._accept, self.config.listen.host, self.config.listen.port, reuse_address=True
+            self._accept,
+            self.config.listen.host,
+            self.config.listen.port,
+            reuse_address=True,
+            # Workers share the port: the kernel spreads connections across them.
+            reuse_port=self.worker is not None,
         )
+        if self.worker is not None:
+            try:
+                self._cancel_server = await listen_for_cancels(
+                    self.worker.cancel_socket(), self._forwarded_cancel
+                )
+            except BaseException:
+                self._server.close()
+                raise
 
     @property
     def address(self) -> tuple[str, int]:
@@ -133,6 +155,7 @@ class PostgresGateway:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        self._stop_cancel_server()
         for task in list(self._handshakes):
             task.cancel()  # the client is told, see _handshake
         sessions = list(self.sessions.values())
@@ -148,9 +171,7 @@ class PostgresGateway:
                 link.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._server.wait_closed(), max(0.1, deadline - loop.time())
-                )
+                await asyncio.wait_for(self._server.wait_closed(), max(0.1, deadline - loop.time()))
 
     async def _settle(self, sessions: list[Session], deadline: float) -> None:
         """Wait for the gateway's tasks and those of ``sessions`` (which may start
@@ -173,6 +194,14 @@ class PostgresGateway:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("gateway task failed", exc_info=task.exception())
+
+    def _stop_cancel_server(self) -> None:
+        if self._cancel_server is None or self.worker is None:
+            return
+        self._cancel_server.close()
+        self._cancel_server = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.worker.cancel_socket())
 
     def forget(self, session: Session) -> None:
         if self.sessions.get(session.pid) is session:
@@ -251,7 +280,7 @@ class PostgresGateway:
                 client.write(b"N")
                 continue
             if isinstance(request, pg.CancelRequest):
-                self.cancel(request.pid, request.secret)
+                self.cancel(request.pid, request.secret, packet)
                 client.close()
                 return None
             break
@@ -327,8 +356,10 @@ class PostgresGateway:
         return session
 
     def _new_key(self) -> tuple[int, int]:
+        """A backend key (pid, secret) for a new session: the pid random, unused
+        here and, for a worker, one the other workers can tell is this one's."""
         while True:
-            pid = secrets.randbelow(2**31 - 2) + 1
+            pid = self.worker.new_pid() if self.worker is not None else random_pid()
             if pid not in self.sessions:
                 return pid, secrets.randbits(32) - 2**31
 
@@ -436,7 +467,34 @@ class PostgresGateway:
 
     # --- cancel ----------------------------------------------------------------------
 
-    def cancel(self, pid: int, secret: int) -> None:
+    def cancel(self, pid: int, secret: int, packet: bytes | None = None) -> None:
+        """A CancelRequest received on a connection (``packet``: its bytes). The
+        key of another worker's session goes, as it came, to that worker."""
+        worker = self.worker
+        if worker is not None and pid > 0 and not worker.owns(pid):
+            owner = worker.cancel_socket(worker.owner(pid))
+            self._track_cancel(forward_cancel(owner, packet or pg.cancel_request(pid, secret)))
+            return
+        self._cancel_own(pid, secret)
+
+    def _forwarded_cancel(self, packet: bytes) -> None:
+        """A CancelRequest another worker received for a key of this one: checked
+        exactly as one received directly, and never passed on again."""
+        try:
+            request = pg.decode_startup(packet)
+        except pg.ProtocolViolation as exc:
+            log.warning("a cancel from another worker is malformed: %s", exc)
+            return
+        if not isinstance(request, pg.CancelRequest):
+            log.warning("another worker passed on something other than a cancel")
+            return
+        assert self.worker is not None
+        if not self.worker.owns(request.pid):
+            log.warning("another worker passed on a cancel for a key that is not ours")
+            return
+        self._cancel_own(request.pid, request.secret)
+
+    def _cancel_own(self, pid: int, secret: int) -> None:
         session = self.sessions.get(pid)
         if session is None or not hmac.compare_digest(
             session.secret.to_bytes(4, "big", signed=True), secret.to_bytes(4, "big", signed=True)
@@ -444,7 +502,11 @@ class PostgresGateway:
             return
         if session.cancel():
             return
-        task = asyncio.get_running_loop().create_task(self._cancel_upstream(session))
+        self._track_cancel(self._cancel_upstream(session))
+
+    def _track_cancel(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a cancel under way); :meth:`stop` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
 
