@@ -69,6 +69,23 @@ def numeric(weight: int, sign: int, dscale: int, *digits: int) -> bytes:
     return pack(f"HhHH{len(digits)}h", len(digits), weight, sign, dscale, *digits)
 
 
+def array(
+    element: int,
+    items: list[bytes | None],
+    dims: list[int] | None = None,
+    lower: list[int] | None = None,
+    flags: int = 0,
+) -> bytes:
+    """An array in the binary format (array_send): header, dimensions, items."""
+    dims = [len(items)] if dims is None else dims
+    lower = [1] * len(dims) if lower is None else lower
+    out = pack("iiI", len(dims), flags, element)
+    out += b"".join(pack("ii", n, lo) for n, lo in zip(dims, lower, strict=True))
+    for item in items:
+        out += pack("i", -1) if item is None else pack("i", len(item)) + item
+    return out
+
+
 def days(year: int, month: int, day: int) -> int:
     """Days since 2000-01-01 (proleptic Gregorian, year >= 1)."""
     return (dt.date(year, month, day) - dt.date(2000, 1, 1)).days
@@ -165,6 +182,23 @@ CASES: list[tuple[int, bytes, str]] = [
     (v.JSONB, b'\x01"\\u001f\\t"', '"\\u001f\\t"'),
     (v.JSONB, b'\x01{"z": 2, "ab": 3, "\xc3\xa9": 1}', '{"z": 2, "ab": 3, "é": 1}'),
     (v.JSONB, b"\x01[1.0e1, 100e-5, -0.0, 12e-1, []]", "[10, 0.00100, 0.0, 1.2, []]"),
+    # Arrays: what ORMs bind for ``= ANY($1)``.
+    (1007, array(v.INT4, [pack("i", 7), None, pack("i", -3)]), "{7,NULL,-3}"),
+    (1016, array(v.INT8, []), "{}"),
+    (1007, array(v.INT4, [], dims=[0, 3]), "{}"),
+    (
+        1009,
+        array(v.TEXT, [b"a b", b"", b"null", b'x"y\\z', b"{", b"\xc3\xa9"]),
+        '{"a b","","null","x\\"y\\\\z","{",é}',
+    ),
+    (1001, array(v.BYTEA, [b"\x01\xff"]), '{"\\\\x01ff"}'),
+    (
+        1007,
+        array(v.INT4, [pack("i", i) for i in range(6)], dims=[2, 3], lower=[0, 1]),
+        "[0:1][1:3]={{0,1,2},{3,4,5}}",
+    ),
+    (1115, array(v.TIMESTAMP, [pack("q", 0)]), '{"2000-01-01 00:00:00"}'),
+    (1022, array(v.FLOAT8, [pack("d", math.inf), pack("d", 0.1)]), "{Infinity,0.1}"),
 ]
 
 
@@ -211,6 +245,15 @@ REFUSED: list[tuple[int, bytes]] = [
     (v.JSONB, b"\x01[1e131072]"),  # beyond numeric
     (v.JSONB, b"\x01[1e-16384]"),
     (v.JSONB, b"\x01" + b"[" * 100_000),
+    (1007, array(v.INT8, [pack("q", 1)])),  # another element type
+    (1007, array(v.INT4, [pack("i", 1)], flags=2)),
+    (1007, array(v.INT4, [pack("i", 1)])[:-1]),  # an item cut short
+    (1007, array(v.INT4, [pack("i", 1)]) + b"\x00"),  # a byte after the end
+    (1007, array(v.INT4, [pack("h", 1)])),  # an item of the wrong size
+    (1007, array(v.INT4, [pack("i", 1)], lower=[2**31 - 1])),  # upper bound overflows
+    (1007, pack("iiI", 7, 0, v.INT4) + pack("ii", 1, 1) * 7),  # more than 6 dimensions
+    (1007, pack("iiI", -1, 0, v.INT4)),
+    (1007, pack("iiI", 1, 0, v.INT4) + pack("ii", 10**6, 1)),  # items missing
     (1186, bytes(16)),  # interval: not decoded
     (0, pack("i", 1)),  # type unknown
 ]
@@ -372,6 +415,35 @@ VALUES: dict[int, st.SearchStrategy[bytes]] = {
 }
 
 
+def _arrays(element: int, items: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """Arrays of ``element`` as clients send them (up to 3 dimensions, NULLs,
+    lower bounds other than 1), and damaged ones: another element type, bad
+    flags, cut short or with bytes after the end."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> bytes:
+        dims = draw(st.lists(st.integers(0, 3), max_size=3))
+        count = math.prod(dims) if dims else 0
+        values = draw(st.lists(st.none() | items, min_size=count, max_size=count))
+        bounds = st.sampled_from([1, 1, 1, 0, -2, 5, 2**31 - 2])
+        lower = draw(st.lists(bounds, min_size=len(dims), max_size=len(dims)))  # fmt: skip
+        flags = draw(st.sampled_from([0, 1, 1, 2]))
+        element_type = draw(st.sampled_from([element] * 8 + [v.INT4, v.TEXT]))
+        data = array(element_type, values, dims, lower, flags)
+        damage = draw(st.sampled_from(["none"] * 6 + ["cut", "extra"]))
+        if damage == "cut":
+            return data[: draw(st.integers(0, max(0, len(data) - 1)))]
+        if damage == "extra":
+            return data + draw(st.binary(min_size=1, max_size=4))
+        return data
+
+    return build()
+
+
+for _array_type, _element in v.ARRAY_TYPES.items():
+    VALUES[_array_type] = _arrays(_element, VALUES[_element])
+
+
 def test_every_decoded_type_is_checked_against_the_server() -> None:
     assert set(VALUES) == v.DECODED_TYPES
 
@@ -474,6 +546,19 @@ async def test_a_held_statement_shows_decoded_values_beside_the_exact_ones(
     (record,) = [e for e in events if e.type == "statement.executed" and e.payload["text"] == text]
     assert record.payload["parameters"] == exact
     assert record.payload["extra"] == {"parameter_values": ["2", "v2"]}
+
+
+async def test_an_array_for_any_shows_its_elements(env: GatewayEnv, client: RawClient) -> None:
+    # What asyncpg sends for conn.execute("... = ANY($1)", [1, None, 3]): the
+    # bulk delete an approver most needs to read.
+    text = "DELETE FROM t WHERE id = ANY($1)"
+    assert not codes(await client.round(parse("", text), describe("S", ""), SYNC))
+    ids = array(v.INT4, [pack("i", 1), None, pack("i", 3)])
+    view = await held(env, client, bind("", "", [ids], formats=[1]), execute(), SYNC, approve=True)
+    assert attributes(view)["parameters"] == ["\\x" + ids.hex()]
+    assert attributes(view)["parameter_values"] == ["{1,NULL,3}"]
+    left = await client.simple("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")
+    assert b"2,4,5" in b"".join(body for kind, body in left if kind == "D")
 
 
 async def test_text_values_alone_are_shown_once(env: GatewayEnv, client: RawClient) -> None:

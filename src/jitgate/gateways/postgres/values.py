@@ -100,6 +100,7 @@ TYPE_NAMES: Final[dict[int, str]] = {
     3926: "int8range",
     199: "json[]",
     1000: "bool[]",
+    1003: "name[]",
     1001: "bytea[]",
     1005: "int2[]",
     1007: "int4[]",
@@ -601,6 +602,117 @@ def _jsonb_string(text: str) -> str:
     return '"' + text.translate(_JSON_ESCAPE_TABLE) + '"'
 
 
+# --- arrays ----------------------------------------------------------------------------
+
+#: An array's header: dimensions, flags (0 or 1: whether it has NULLs), element type.
+_ARRAY_HEAD: Final = struct.Struct("!iiI")
+_ARRAY_DIM: Final = struct.Struct("!ii")
+#: MAXDIM, and MaxArraySize (MaxAllocSize / sizeof(Datum)).
+_ARRAY_MAX_DIMS: Final = 6
+_ARRAY_MAX_ITEMS: Final = 0x3FFFFFFF // 8
+#: Characters that make array_out quote an element (besides '"' and '\\', which
+#: it also escapes): braces, the delimiter and array_isspace's white space.
+_ARRAY_QUOTED: Final = frozenset('{},"\\ \t\n\r\v\f')
+
+
+def _array(element: int) -> Callable[[bytes, str], str | None]:
+    """array_recv then array_out for arrays of ``element`` (its renderer reads
+    each item, as the element type's receive function would)."""
+
+    def render(data: bytes, codec: str) -> str | None:
+        ndim, flags, element_type = _ARRAY_HEAD.unpack_from(data)
+        if not 0 <= ndim <= _ARRAY_MAX_DIMS or flags not in (0, 1) or element_type != element:
+            return None
+        offset = _ARRAY_HEAD.size
+        dims: list[int] = []
+        bounds: list[int] = []
+        count = 1
+        for _ in range(ndim):
+            size, lower = _ARRAY_DIM.unpack_from(data, offset)
+            offset += _ARRAY_DIM.size
+            if size < 0 or size + lower > _INT32_MAX:
+                return None  # ArrayGetNItems, ArrayCheckBounds
+            dims.append(size)
+            bounds.append(lower)
+            count *= size
+            if count > _ARRAY_MAX_ITEMS:
+                return None
+        if count == 0 or ndim == 0:
+            # An empty array, whatever its dimensions said; nothing may follow.
+            return "{}" if offset == len(data) else None
+        if count > (len(data) - offset) // 4:
+            return None  # each item takes at least its length word
+        items: list[str] = []
+        read_item = _RENDERERS[element]
+        for _ in range(count):
+            (length,) = _INT4.unpack_from(data, offset)
+            offset += 4
+            if length == -1:
+                items.append("NULL")
+                continue
+            if length < 0 or length > len(data) - offset:
+                return None
+            text = read_item(data[offset : offset + length], codec)
+            if text is None:
+                return None
+            offset += length
+            items.append(_array_item(text))
+        if offset != len(data):
+            return None
+        head = ""
+        if any(lower != 1 for lower in bounds):
+            head = "".join(f"[{lo}:{lo + n - 1}]" for lo, n in zip(bounds, dims, strict=True))
+            head += "="
+        return head + _nested(items, dims)
+
+    return render
+
+
+def _array_item(text: str) -> str:
+    # pg_strcasecmp: "null" in any ASCII case would read back as a NULL.
+    literal_null = len(text) == 4 and text.isascii() and text.upper() == "NULL"
+    if text and not literal_null and _ARRAY_QUOTED.isdisjoint(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _nested(items: list[str], dims: list[int]) -> str:
+    """``items`` (in row-major order) in braces, one level per dimension."""
+    if len(dims) == 1:
+        return "{" + ",".join(items) + "}"
+    step = len(items) // dims[0]
+    inner = dims[1:]
+    return (
+        "{"
+        + ",".join(_nested(items[i : i + step], inner) for i in range(0, len(items), step))
+        + "}"
+    )
+
+
+#: Array types and their element types (pg_type.dat: typarray).
+ARRAY_TYPES: Final[dict[int, int]] = {
+    199: JSON,
+    1000: BOOL,
+    1001: BYTEA,
+    1003: NAME,
+    1005: INT2,
+    1007: INT4,
+    1009: TEXT,
+    1014: BPCHAR,
+    1015: VARCHAR,
+    1016: INT8,
+    1021: FLOAT4,
+    1022: FLOAT8,
+    1028: OID,
+    1115: TIMESTAMP,
+    1182: DATE,
+    1185: TIMESTAMPTZ,
+    1231: NUMERIC,
+    2951: UUID,
+    3807: JSONB,
+}
+
+
 # --- the table -------------------------------------------------------------------------
 
 _RENDERERS: Final[dict[int, Callable[[bytes, str], str | None]]] = {
@@ -625,6 +737,8 @@ _RENDERERS: Final[dict[int, Callable[[bytes, str], str | None]]] = {
     UUID: _uuid,
     JSONB: _jsonb,
 }
+
+_RENDERERS.update({array: _array(element) for array, element in ARRAY_TYPES.items()})
 
 #: The type OIDs :func:`render_binary` decodes.
 DECODED_TYPES: Final = frozenset(_RENDERERS)
