@@ -174,15 +174,21 @@ async def on_backends(
     return results
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--appends", type=int, default=2000)
-    parser.add_argument("--verify-events", type=int, default=1_000_000)
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """``--pg`` (the server for the throwaway database) and ``--skip-pg``, for
+    :func:`on_backends`."""
     parser.add_argument(
         "--pg",
         default=os.environ.get("JITGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     parser.add_argument("--skip-pg", action="store_true")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--appends", type=int, default=2000)
+    parser.add_argument("--verify-events", type=int, default=1_000_000)
+    add_backend_options(parser)
     args = parser.parse_args()
     results = await on_backends(run_backend, args)
     print()

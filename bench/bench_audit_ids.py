@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from unittest import mock
 
 from sqlalchemy import text
 
-from bench_audit import drop_pg, pg_database
+from bench_audit import add_backend_options, drop_pg, pg_database
 from bench_audit_ingest import GATEWAY, typical
 from jitgate.service.statements import record_statements
 from jitgate.store import Database, events, migrate
@@ -164,11 +163,7 @@ async def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get("JITGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument("--skip-pg", action="store_true")
+    add_backend_options(parser)
     args = parser.parse_args()
     print(
         f"Python {sys.version.split()[0]}: trails of {args.prefill:,} records, then "

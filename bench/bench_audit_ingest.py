@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bench_audit import on_backends  # the same backends and throwaway databases
+from bench_audit import add_backend_options, on_backends  # the same throwaway databases
 from jitgate.audit.keys import SigningKey, TrustedKeys
 from jitgate.service import Principal
 from jitgate.service.statements import record_statements, statement_events
@@ -143,11 +143,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu", type=int, default=0, help="the CPU to pin this process to")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get("JITGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument("--skip-pg", action="store_true")
+    add_backend_options(parser)
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     if not args.no_pin:

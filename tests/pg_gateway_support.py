@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -109,6 +110,18 @@ class GatewayEnv:
 
     async def login(self, user: str = "ann", **kwargs: Any) -> RawClient:
         return await RawClient.login(self.host, self.gw_port, user, self.tokens[user], **kwargs)
+
+
+async def create_table_t(upstream_url: str, rows: int) -> None:
+    """Table ``t (id int PRIMARY KEY, v text)`` upstream, rows 1..``rows`` (v = 'v' || id)."""
+    conn = await asyncpg.connect(upstream_url, timeout=10)
+    try:
+        await conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);"
+            f"INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, {rows}) i"
+        )
+    finally:
+        await conn.close()
 
 
 @contextlib.asynccontextmanager

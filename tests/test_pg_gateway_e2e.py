@@ -1051,6 +1051,23 @@ async def add_users(url: str, users: dict[str, tuple[str, ...]]) -> dict[str, st
         await database.close()
 
 
+def server_setup(tmp: Path, store_url: str) -> tuple[dict[str, str], dict[str, str], Path]:
+    """For a ``jitgate serve`` on the store at ``store_url`` (migrated here): its
+    environment, the tokens of ann (dev), bob (approvers) and the gateway's
+    service account gw, and the policy file (POLICY)."""
+    env = {**os.environ, "JITGATE_DATA_DIR": str(tmp), "JITGATE_DB": store_url}
+    env.pop("JITGATE_URL", None)
+    env.pop("JITGATE_TOKEN", None)
+    # People directly in the store (fast); the gateway's service account as an
+    # operator creates it, with `jitgate admin`.
+    tokens = run_sync(add_users(store_url, {"ann": ("dev",), "bob": ("approvers",)}))
+    run_cli(env, "admin", "user", "add", "gw", "--service")
+    tokens["gw"] = run_cli(env, "admin", "token", "create", "gw", "--quiet")
+    policy = tmp / "policy.yaml"
+    policy.write_text(POLICY)
+    return env, tokens, policy
+
+
 def stop(process: subprocess.Popen[str]) -> int:
     if process.poll() is None:
         process.terminate()
@@ -1064,16 +1081,7 @@ def test_two_standalone_gateways_and_a_server_as_separate_processes(
     store = f"jitgate_store_{secrets.token_hex(4)}"
     pg_cluster.psql(f"CREATE DATABASE {store}")
     store_url = f"postgresql://postgres@{pg_cluster.host}:{pg_cluster.port}/{store}"
-    env = {**os.environ, "JITGATE_DATA_DIR": str(tmp_path), "JITGATE_DB": store_url}
-    env.pop("JITGATE_URL", None)
-    env.pop("JITGATE_TOKEN", None)
-    # People directly in the store (fast); the gateway's service account as an
-    # operator creates it, with `jitgate admin`.
-    tokens = run_sync(add_users(store_url, {"ann": ("dev",), "bob": ("approvers",)}))
-    run_cli(env, "admin", "user", "add", "gw", "--service")
-    tokens["gw"] = run_cli(env, "admin", "token", "create", "gw", "--quiet")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
+    env, tokens, policy = server_setup(tmp_path, store_url)
     table = new_table(pg_cluster)
     upstream = pg_cluster.dsn("scram_user")
     processes: list[subprocess.Popen[str]] = []

@@ -39,6 +39,7 @@ from pg_gateway_support import (
     bind,
     close,
     codes,
+    create_table_t,
     data_rows,
     describe,
     errors,
@@ -74,14 +75,7 @@ async def count_rows(env: GatewayEnv) -> int:
 async def env(
     fresh_pg_url: str, sqlite_template: Path, tmp_path: Path
 ) -> AsyncIterator[GatewayEnv]:
-    conn = await asyncpg.connect(fresh_pg_url, timeout=10)
-    try:
-        await conn.execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v text);"
-            f"INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, {ROWS}) i"
-        )
-    finally:
-        await conn.close()
+    await create_table_t(fresh_pg_url, ROWS)
     async with gateway_env(fresh_pg_url, sqlite_template, tmp_path) as built:
         yield built
 
@@ -150,9 +144,7 @@ async def statement_records(env: GatewayEnv) -> list[dict[str, Any]]:
     async with env.db.transaction(readonly=True) as session:
         events = await list_events(session, limit=1000)
     return [
-        {**e.payload, "request_id": e.request_id}
-        for e in events
-        if e.type == "statement.executed"
+        {**e.payload, "request_id": e.request_id} for e in events if e.type == "statement.executed"
     ]
 
 
@@ -551,9 +543,7 @@ async def test_standard_conforming_strings_off_refuses_statements(env: GatewayEn
         refused = await client.simple(SMUGGLED_DELETE)
         assert codes(refused) == ["42501"]
         assert "standard_conforming_strings" in errors(refused)[0]["M"]
-        extended = await client.round(
-            parse("", SMUGGLED_DELETE), bind("", ""), execute(""), SYNC
-        )
+        extended = await client.round(parse("", SMUGGLED_DELETE), bind("", ""), execute(""), SYNC)
         assert codes(extended) == ["42501"]
         assert await count_rows(env) == ROWS
         # Without a backslash a text reads the same either way: still classified.

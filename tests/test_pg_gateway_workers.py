@@ -32,7 +32,7 @@ import pytest
 from psycopg import errors as pgerrors
 from typer.testing import CliRunner
 
-from conftest import create_pg_database, drop_pg_database, run_sync
+from conftest import create_pg_database, drop_pg_database
 from jitgate.cli import app
 from jitgate.client import Client
 from jitgate.gateways.postgres import protocol as pg
@@ -41,7 +41,6 @@ from jitgate.gateways.postgres.config import GatewayConfig, GatewayConfigError
 from jitgate.gateways.postgres.workers import WorkerSlot, random_pid
 from pg_gateway_support import RawClient, codes, query, upstream_dsn
 from pggateway import (
-    POLICY,
     WAIT,
     Background,
     Lines,
@@ -51,7 +50,7 @@ from pggateway import (
     free_port,
     spawn,
 )
-from test_pg_gateway_e2e import JITGATE, add_users, proxy_ready, run_cli, start_server, stop
+from test_pg_gateway_e2e import JITGATE, proxy_ready, run_cli, server_setup, start_server, stop
 
 WORKERS = 2
 #: Enough sessions that every worker has some (2**-41 that one has none).
@@ -118,15 +117,7 @@ def server(
     tmp = tmp_path_factory.mktemp("workers")
     store = tmp / "jitgate.db"
     shutil.copyfile(sqlite_template, store)
-    store_url = f"sqlite:///{store}"
-    env = {**os.environ, "JITGATE_DATA_DIR": str(tmp), "JITGATE_DB": store_url}
-    env.pop("JITGATE_URL", None)
-    env.pop("JITGATE_TOKEN", None)
-    tokens = run_sync(add_users(store_url, {"ann": ("dev",), "bob": ("approvers",)}))
-    run_cli(env, "admin", "user", "add", "gw", "--service")
-    tokens["gw"] = run_cli(env, "admin", "token", "create", "gw", "--quiet")
-    policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
+    env, tokens, policy = server_setup(tmp, f"sqlite:///{store}")
     process, url = start_server(env, policy)
     try:
         yield Server(env, url, tokens, upstream_dsn(upstream_url), upstream_url)

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -45,6 +44,7 @@ from pg_gateway_support import (
     bind,
     close,
     codes,
+    create_table_t,
     describe,
     execute,
     gateway_env,
@@ -469,14 +469,7 @@ AMBIGUOUS = b"1234"
 async def env(
     fresh_pg_url: str, sqlite_template: Path, tmp_path: Path
 ) -> AsyncIterator[GatewayEnv]:
-    conn = await asyncpg.connect(fresh_pg_url, timeout=10)
-    try:
-        await conn.execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v text);"
-            "INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 5) i"
-        )
-    finally:
-        await conn.close()
+    await create_table_t(fresh_pg_url, 5)
     async with gateway_env(fresh_pg_url, sqlite_template, tmp_path) as built:
         yield built
 
