@@ -37,7 +37,7 @@ from jitgate.client import (
     View,
     WaitTimedOut,
 )
-from jitgate.request_words import describe_final, describe_waiting
+from jitgate.request_words import bound_parameters, describe_final, describe_waiting
 
 requests_app = typer.Typer(help="List and show approval requests.", no_args_is_help=True)
 
@@ -311,6 +311,8 @@ def _print_view(view: Mapping[str, Any], as_json: bool) -> None:
     say(f"  {escape(action.get('kind', ''))} · {escape(action.get('environment', ''))} · "
         f"{escape(action.get('target', '') or '-')}")
     say(f"  {escape(action.get('text') or json.dumps(action.get('payload', {})))}")
+    for line in bound_parameters(action):
+        say(f"    {escape(line)}")
     for number, stage in enumerate(view.get("stages", []), start=1):
         approvals = ", ".join(a.get("user", "?") for a in stage.get("approvals", [])) or "-"
         say(f"  stage {number} {escape(stage.get('name', ''))} ({escape(stage.get('state', ''))}):"

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from jitgate.request_words import bound_parameters
+
 #: Characters of action text shown in the code block (after escaping).
 ACTION_LIMIT = 2500
 #: Slack's limit for a section's text, less some room.
@@ -171,6 +173,9 @@ def _request_blocks(request: Mapping[str, Any], *, with_reasons: bool) -> list[d
         ),
         _section(code_block(_action_text(action))),
     ]
+    parameters = bound_parameters(action)
+    if parameters:
+        blocks.append(_section("Bound parameters:\n" + code_block("\n".join(parameters))))
     reasons = (request.get("decision") or {}).get("reasons") or []
     if with_reasons and reasons:
         shown = [f"• {clip(r, 500)}" for r in list(reasons)[:3]]
