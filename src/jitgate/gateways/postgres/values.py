@@ -54,6 +54,14 @@ TIMESTAMPTZ: Final = 1184
 NUMERIC: Final = 1700
 UUID: Final = 2950
 JSONB: Final = 3802
+CHAR: Final = 18
+CIDR: Final = 650
+MACADDR8: Final = 774
+MACADDR: Final = 829
+INET: Final = 869
+TIME: Final = 1083
+INTERVAL: Final = 1186
+TIMETZ: Final = 1266
 
 #: Names for the label of values shown as hex: the decoded types, and others
 #: clients commonly bind in binary (asyncpg: arrays, ranges, intervals...).
@@ -117,6 +125,14 @@ TYPE_NAMES: Final[dict[int, str]] = {
     1231: "numeric[]",
     2951: "uuid[]",
     3807: "jsonb[]",
+    1002: "char[]",
+    651: "cidr[]",
+    775: "macaddr8[]",
+    1040: "macaddr[]",
+    1041: "inet[]",
+    1183: "time[]",
+    1187: "interval[]",
+    1270: "timetz[]",
 }
 
 
@@ -399,6 +415,182 @@ def _iso_date(year: int, month: int, day: int) -> tuple[str, str]:
     if year > 0:
         return f"{year:04d}-{month:02d}-{day:02d}", ""
     return f"{1 - year:04d}-{month:02d}-{day:02d}", " BC"
+
+
+def _time_of_day(micros: int) -> str:
+    """``HH:MM:SS[.ffffff]`` (trailing zeros of the fraction dropped)."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    text = f"{hour:02d}:{minute:02d}:{second:02d}"
+    if fraction:
+        text += "." + f"{fraction:06d}".rstrip("0")
+    return text
+
+
+def _time(data: bytes, _codec: str) -> str | None:
+    if len(data) != 8:
+        return None
+    (micros,) = _INT8.unpack(data)
+    if not 0 <= micros <= _USECS_PER_DAY:
+        return None  # time_recv: "time out of range" (24:00:00 is a time)
+    return _time_of_day(micros)
+
+
+_TIMETZ: Final = struct.Struct("!qi")
+#: A time zone displacement's bound, in seconds (TZDISP_LIMIT: 16 hours).
+_TZDISP_LIMIT: Final = 16 * 3600
+
+
+def _timetz(data: bytes, _codec: str) -> str | None:
+    if len(data) != _TIMETZ.size:
+        return None
+    micros, zone = _TIMETZ.unpack(data)
+    if not 0 <= micros <= _USECS_PER_DAY or not -_TZDISP_LIMIT < zone < _TZDISP_LIMIT:
+        return None  # timetz_recv
+    return _time_of_day(micros) + _zone_text(zone)
+
+
+def _zone_text(zone: int) -> str:
+    """EncodeTimezone: ``zone`` is in seconds west of UTC, shown as an offset east."""
+    east = -zone
+    hours, rest = divmod(abs(east), 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = f"{'-' if east < 0 else '+'}{hours:02d}"
+    if minutes or seconds:
+        text += f":{minutes:02d}"
+    if seconds:
+        text += f":{seconds:02d}"
+    return text
+
+
+_INTERVAL: Final = struct.Struct("!qii")
+_USECS_PER_HOUR: Final = 3_600_000_000
+
+
+def _toward_zero(a: int, b: int) -> tuple[int, int]:
+    """C's ``a / b`` and ``a % b`` (truncating), which interval2itm uses."""
+    quotient = abs(a) // b * (-1 if a < 0 else 1)
+    return quotient, a - quotient * b
+
+
+def _interval(data: bytes, _codec: str) -> str | None:
+    """interval_out in the default IntervalStyle (postgres): ``1 year 2 mons
+    -3 days +04:05:06.5``, as EncodeInterval spells it."""
+    if len(data) != _INTERVAL.size:
+        return None
+    micros, days, months = _INTERVAL.unpack(data)
+    years, months = _toward_zero(months, 12)
+    hours, rest = _toward_zero(micros, _USECS_PER_HOUR)
+    minutes, rest = _toward_zero(rest, 60_000_000)
+    seconds, fraction = _toward_zero(rest, 1_000_000)
+    parts: list[str] = []
+    before = False  # the previous field was negative: a positive one shows its +
+    for value, unit in ((years, "year"), (months, "mon"), (days, "day")):
+        if value:
+            plural = "" if value == 1 else "s"
+            parts.append(f"{'+' if before and value > 0 else ''}{value} {unit}{plural}")
+            before = value < 0
+    if not parts or hours or minutes or seconds or fraction:
+        minus = hours < 0 or minutes < 0 or seconds < 0 or fraction < 0
+        sign = "-" if minus else ("+" if before else "")
+        clock = f"{sign}{abs(hours):02d}:{abs(minutes):02d}:{abs(seconds):02d}"
+        if fraction:
+            clock += "." + f"{abs(fraction):06d}".rstrip("0")
+        parts.append(clock)
+    return " ".join(parts)
+
+
+# --- "char", network addresses ---------------------------------------------------------
+
+
+def _char(data: bytes, _codec: str) -> str | None:
+    # char_recv takes one byte; charout shows a byte above 127 as \ooo octal.
+    if len(data) != 1:
+        return None
+    byte = data[0]
+    if byte > 127:
+        return f"\\{byte:03o}"
+    return "" if byte == 0 else chr(byte)
+
+
+#: PGSQL_AF_INET and PGSQL_AF_INET6, and the address sizes they take.
+_INET_SIZES: Final = {2: 4, 3: 16}
+
+
+def _network(cidr: bool) -> Callable[[bytes, str], str | None]:
+    """inet_recv then network_out (``cidr``: the cidr type, bits past the mask
+    refused, ``/bits`` always shown)."""
+
+    def render(data: bytes, _codec: str) -> str | None:
+        if len(data) < 4:
+            return None
+        family, bits, _is_cidr, size = data[:4]
+        address = data[4:]
+        if _INET_SIZES.get(family) != size or len(address) != size or bits > 8 * size:
+            return None
+        number = int.from_bytes(address, "big")
+        if cidr and number & ((1 << (8 * size - bits)) - 1):
+            return None  # "Value has bits set to right of mask."
+        text = _ipv4_text(address) if size == 4 else _ipv6_text(address)
+        if cidr or bits != 8 * size:
+            text += f"/{bits}"
+        return text
+
+    return render
+
+
+def _ipv4_text(address: bytes) -> str:
+    return ".".join(str(b) for b in address)
+
+
+def _ipv6_text(address: bytes) -> str:
+    """inet_net_ntop's IPv6 form: lowercase hex words, the first longest run of
+    two or more zero words as ``::``, an embedded IPv4 address (``::a.b.c.d``,
+    ``::ffff:a.b.c.d``) in dotted form."""
+    words = [int.from_bytes(address[i : i + 2], "big") for i in range(0, 16, 2)]
+    best_base, best_len, base, length = -1, 0, -1, 0
+    for i, word in enumerate(words):
+        if word == 0:
+            if base < 0:
+                base, length = i, 0
+            length += 1
+            if length > best_len:
+                best_base, best_len = base, length
+        else:
+            base = -1
+    if best_len < 2:
+        best_base = -1
+    out = ""
+    for i, word in enumerate(words):
+        if best_base <= i < best_base + best_len:
+            if i == best_base:
+                out += ":"
+            continue
+        if i:
+            out += ":"
+        embedded = best_base == 0 and (best_len == 6 or (best_len == 5 and words[5] == 0xFFFF))
+        if i == 6 and embedded:
+            out += _ipv4_text(address[12:])
+            break
+        out += f"{word:x}"
+    if best_base >= 0 and best_base + best_len == 8:
+        out += ":"
+    return out
+
+
+def _macaddr(data: bytes, _codec: str) -> str | None:
+    if len(data) != 6:
+        return None
+    return ":".join(f"{b:02x}" for b in data)
+
+
+def _macaddr8(data: bytes, _codec: str) -> str | None:
+    if len(data) == 6:  # macaddr8_recv takes an EUI-48 too, as EUI-64 (FF:FE inserted)
+        data = data[:3] + b"\xff\xfe" + data[3:]
+    if len(data) != 8:
+        return None
+    return ":".join(f"{b:02x}" for b in data)
 
 
 # --- numeric ---------------------------------------------------------------------------
@@ -710,6 +902,14 @@ ARRAY_TYPES: Final[dict[int, int]] = {
     1231: NUMERIC,
     2951: UUID,
     3807: JSONB,
+    1002: CHAR,
+    651: CIDR,
+    775: MACADDR8,
+    1040: MACADDR,
+    1041: INET,
+    1183: TIME,
+    1187: INTERVAL,
+    1270: TIMETZ,
 }
 
 
@@ -736,6 +936,14 @@ _RENDERERS: Final[dict[int, Callable[[bytes, str], str | None]]] = {
     NUMERIC: _numeric,
     UUID: _uuid,
     JSONB: _jsonb,
+    CHAR: _char,
+    CIDR: _network(cidr=True),
+    MACADDR8: _macaddr8,
+    MACADDR: _macaddr,
+    INET: _network(cidr=False),
+    TIME: _time,
+    INTERVAL: _interval,
+    TIMETZ: _timetz,
 }
 
 _RENDERERS.update({array: _array(element) for array, element in ARRAY_TYPES.items()})
