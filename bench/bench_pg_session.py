@@ -98,6 +98,7 @@ def _session(port: _DiscardingPort, recorder: StatementRecorder) -> Session:
         recorder=recorder,
         config=SimpleNamespace(name="bench", max_message_bytes=1 << 24),
         forget=lambda session: None,
+        decisions={"allow": 0, "require_approval": 0, "deny": 0},  # the metrics' counters
     )
     session = Session(
         gateway,

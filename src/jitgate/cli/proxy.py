@@ -56,6 +56,15 @@ def postgres_command(
             show_default=False,
         ),
     ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            help="HOST:PORT to serve Prometheus metrics on (GET /metrics; default: none, "
+            "or the config's metrics).",
+            show_default=False,
+        ),
+    ] = None,
     url: Url = None,
     token: Token = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log sessions.")] = False,
@@ -78,7 +87,7 @@ def postgres_command(
             if upstream is not None or env is not None or target is not None:
                 fail("give either --config or --upstream/--env/--target, not both")
             gateway_config = load_gateway_config(config, standalone=True).with_options(
-                listen=listen, workers=workers
+                listen=listen, workers=workers, metrics=metrics
             )
         else:
             if upstream is None or env is None:
@@ -89,6 +98,7 @@ def postgres_command(
                 env,
                 target,
                 workers=1 if workers is None else workers,
+                metrics=metrics,
             )
         server_url = url
         server_token = token
@@ -135,9 +145,10 @@ async def _run_workers(config: GatewayConfig, url: str, token: str, log_level: i
 
 
 async def _run_standalone(config: GatewayConfig, url: str, token: str) -> None:
-    from jitgate.gateways.postgres.workers import start_standalone
+    from jitgate.gateways.postgres.workers import start_metrics, start_standalone, stop_metrics
 
     gateway = await start_standalone(config, url, token)
+    metrics = await start_metrics(gateway)  # StartFailed: the gateway is stopped
     host, bound = gateway.address
     _announce(config, host, bound)
     stop = asyncio.Event()
@@ -148,4 +159,5 @@ async def _run_standalone(config: GatewayConfig, url: str, token: str) -> None:
     try:
         await stop.wait()
     finally:
+        await stop_metrics(metrics)
         await gateway.stop()

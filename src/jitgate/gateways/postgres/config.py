@@ -17,6 +17,8 @@
     audit_batch: {max_records: 1000, max_delay_ms: 250}
     workers: 4                        # optional: gateway processes on the listen port
                                       # (jitgate proxy postgres only; default 1)
+    metrics: "127.0.0.1:9187"         # optional: serve GET /metrics (Prometheus) there
+                                      # (jitgate proxy postgres only; default: none)
     targets:
       - name: app                     # clients connect with database=app
         environment: production
@@ -521,6 +523,9 @@ class GatewayConfig(_Closed):
     #: Gateway processes sharing the listen port (SO_REUSEPORT), each a whole
     #: gateway; only ``jitgate proxy postgres`` runs more than one.
     workers: Annotated[int, Field(strict=True)] = 1
+    #: Where ``GET /metrics`` is served (Prometheus); only ``jitgate proxy
+    #: postgres`` serves it. None: nothing listens.
+    metrics: Listen | None = None
 
     @field_validator("tls", mode="before")
     @classmethod
@@ -576,6 +581,21 @@ class GatewayConfig(_Closed):
             )
         return self
 
+    @model_validator(mode="after")
+    def _metrics_elsewhere(self) -> GatewayConfig:
+        metrics = self.metrics
+        if (
+            metrics is not None
+            and metrics.port != 0
+            and (metrics.host, metrics.port) == (self.listen.host, self.listen.port)
+        ):
+            raise field_error(
+                "metrics",
+                f"metrics cannot be served on the listen address ({self.listen})",
+                at=("metrics",),
+            )
+        return self
+
     @property
     def listen_host(self) -> str:
         return self.listen.host
@@ -605,16 +625,22 @@ class GatewayConfig(_Closed):
         return next((t for t in self.targets if t.name == name), None)
 
     def with_options(
-        self, *, listen: str | None = None, workers: int | None = None
+        self,
+        *,
+        listen: str | None = None,
+        workers: int | None = None,
+        metrics: str | None = None,
     ) -> GatewayConfig:
-        """This configuration with the command line's ``--listen`` and ``--workers``
-        (given ones win over the file's), checked again as a whole;
-        :class:`GatewayConfigError` naming the option."""
+        """This configuration with the command line's ``--listen``, ``--workers``
+        and ``--metrics`` (given ones win over the file's), checked again as a
+        whole; :class:`GatewayConfigError` naming the option."""
         update: dict[str, Any] = {}
         if listen is not None:
             update["listen"] = listen
         if workers is not None:
             update["workers"] = workers
+        if metrics is not None:
+            update["metrics"] = metrics
         if not update:
             return self
         # The targets and the rest are validated already: instances pass as they are.
@@ -642,9 +668,10 @@ class GatewayConfig(_Closed):
         environment: str,
         target_name: str | None = None,
         workers: int = 1,
+        metrics: str | None = None,
     ) -> GatewayConfig:
         """The one-target configuration of the command line (``--listen``,
-        ``--upstream``, ``--env``, ``--target``, ``--workers``; the target is named
+        ``--upstream``, ``--env``, ``--target``, ``--workers``, ``--metrics``; the target is named
         after the upstream database unless ``target_name`` is given). Every
         client reaches that target, whatever database it names."""
         try:
@@ -656,7 +683,9 @@ class GatewayConfig(_Closed):
             "upstream": upstream,
             "environment": environment,
         }
-        data = {"listen": listen, "targets": [target], "workers": workers}
+        data: dict[str, Any] = {"listen": listen, "targets": [target], "workers": workers}
+        if metrics is not None:
+            data["metrics"] = metrics
         try:
             return cls.model_validate(data, context={"base_dir": Path.cwd()})
         except ValidationError as exc:
@@ -670,6 +699,7 @@ _OPTIONS = {
     ("targets", 0, "environment"): "--env",
     ("targets", 0, "name"): "--target",
     ("workers",): "--workers",
+    ("metrics",): "--metrics",
 }
 
 
@@ -740,6 +770,15 @@ def parse_gateway_config(
                 f"{config.workers} workers need a standalone gateway (jitgate proxy postgres "
                 "--config FILE); jitgate serve --gateway runs the gateway in the server's "
                 "own process: remove workers or set it to 1",
+            )
+        )
+    if config.metrics is not None and not standalone:
+        problems.append(
+            where.problem(
+                ("metrics",),
+                "metrics are served by a standalone gateway (jitgate proxy postgres "
+                "--config FILE); jitgate serve --gateway runs the gateway in the server's "
+                "own process, whose /metrics has the server's: remove metrics",
             )
         )
     secrets: list[tuple[FieldPath, Any]] = [

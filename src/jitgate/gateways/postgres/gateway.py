@@ -114,6 +114,12 @@ class PostgresGateway:
             tuple[str, str | None], tuple[tuple[int, int, int] | None, ssl.SSLContext]
         ] = {}
         self.connections = 0
+        #: Counters for the metrics (metrics.py reads them at scrape time):
+        #: logins accepted, logins refused for a wrong token, statements
+        #: finished by the decision recorded (Session._finish counts them).
+        self.logins = 0
+        self.login_failures = 0
+        self.decisions: dict[str, int] = {"allow": 0, "require_approval": 0, "deny": 0}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -305,6 +311,7 @@ class PostgresGateway:
             secret = pg.password_message(body).decode("utf-8")
         except UnicodeDecodeError:
             # No token is anything but ASCII; "replace" would only blur what was sent.
+            self.login_failures += 1
             raise Refused("28P01", f'password authentication failed for user "{user}"') from None
         address = _peer(client)
         try:
@@ -316,6 +323,7 @@ class PostgresGateway:
         finally:
             del secret
         if member is None:
+            self.login_failures += 1
             raise Refused("28P01", f'password authentication failed for user "{user}"')
 
         upstream, upstream_params, key, status, notices = await self._connect(target, params)
@@ -353,6 +361,7 @@ class PostgresGateway:
         )
         session.pid, session.secret = pid, cancel_secret
         self.sessions[pid] = session
+        self.logins += 1
         return session
 
     def _new_key(self) -> tuple[int, int]:

@@ -988,6 +988,12 @@ class Session:
         self._record_refused(pending, why)
         self._refuse(pending, pg.error_response(_INSUFFICIENT_PRIVILEGE, why))
 
+    @property
+    def holding(self) -> bool:
+        """Whether a statement of this session waits for approval now."""
+        task = self._hold_task
+        return task is not None and not task.done()
+
     def cancel(self) -> bool:
         """A CancelRequest for this session: stop a hold, if there is one."""
         task = self._hold_task
@@ -1204,7 +1210,10 @@ class Session:
         )
         if stmt.shown is not None:
             record.extra = {SHOWN_PARAMETERS: stmt.shown}
-        self.gateway.recorder.record(record)
+        gateway = self.gateway
+        gateway.recorder.record(record)
+        counts = gateway.decisions  # for the metrics
+        counts[stmt.decision] = counts.get(stmt.decision, 0) + 1
         if stmt.request_id is not None:
             self._spawn(
                 self._report(stmt.request_id, rows, None if error is None else error, duration)

@@ -21,6 +21,10 @@ queued statement records written); then the socket directory is removed. A
 worker that cannot start stops them all (:class:`StartFailed`); one that
 dies later is restarted after 1 s, then 2, 4 ... 30 s while it keeps dying,
 and the others go on serving. A worker whose supervisor is gone stops.
+
+**Metrics.** With ``--metrics``, the supervisor serves ``GET /metrics``: it
+asks each worker for its exposition at ``<dir>/m<i>.sock`` and labels the
+samples ``worker="i"`` (metrics.py).
 """
 
 from __future__ import annotations
@@ -171,6 +175,45 @@ async def start_standalone(
         raise StartFailed(f"cannot listen on {config.listen}: {error}") from None
 
 
+async def start_metrics(
+    gateway: RunningGateway, worker: WorkerSlot | None = None
+) -> asyncio.AbstractServer | None:
+    """Serve ``gateway``'s metrics if its configuration asks for them: on the
+    metrics address, or for a worker on its socket for the supervisor. None
+    when there are none; :class:`StartFailed` (the gateway stopped) if the
+    address cannot be listened on."""
+    config = gateway.config
+    if config.metrics is None:
+        return None
+    from jitgate.gateways.postgres.metrics import (
+        exposition,
+        serve_metrics,
+        serve_worker_metrics,
+        worker_socket,
+    )
+
+    render = exposition(gateway.gateway)
+    try:
+        if worker is not None:
+            return await serve_worker_metrics(worker_socket(worker.directory, worker.index), render)
+
+        async def rendered() -> bytes:
+            return render()
+
+        return await serve_metrics(config.metrics.host, config.metrics.port, rendered)
+    except OSError as error:
+        await gateway.stop()
+        raise StartFailed(f"cannot serve metrics on {config.metrics}: {error}") from None
+
+
+async def stop_metrics(server: asyncio.AbstractServer | None) -> None:
+    if server is None:
+        return
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
 @dataclass(frozen=True)
 class WorkerOrders:
     """What a worker process is started with (pickled into the spawn pipe)."""
@@ -208,6 +251,7 @@ async def _serve_as_worker(orders: WorkerOrders, channel: Connection) -> int:
         gateway = await start_standalone(
             orders.config, orders.url, orders.token, worker=orders.slot
         )
+        metrics = await start_metrics(gateway, orders.slot)
     except StartFailed as failure:
         channel.send(("failed", str(failure)))
         return 1
@@ -233,6 +277,7 @@ async def _serve_as_worker(orders: WorkerOrders, channel: Connection) -> int:
         await stop.wait()
     finally:
         loop.remove_reader(channel.fileno())
+        await stop_metrics(metrics)
         await gateway.stop()
     return 0
 
@@ -323,6 +368,8 @@ class Supervisor:
         self.directory = ""
         self.workers: list[_Worker | None] = [None] * self.count
         self._stop = asyncio.Event()
+        #: Scrapes of a worker's metrics that got no answer (a metric of its own).
+        self.scrape_failures = 0
 
     def stop_soon(self) -> None:
         self._stop.set()
@@ -340,7 +387,9 @@ class Supervisor:
         os.chmod(self.directory, 0o700)
         log.info("%d workers; their cancel sockets in %s", self.count, self.directory)
         keepers: list[asyncio.Task[None]] = []
+        metrics: asyncio.AbstractServer | None = None
         try:
+            metrics = await self._serve_metrics()
             address = await self._start_all()
             if address is None:
                 return  # told to stop while starting
@@ -352,10 +401,33 @@ class Supervisor:
             for keeper in keepers:
                 keeper.cancel()
             await asyncio.gather(*keepers, return_exceptions=True)
+            await stop_metrics(metrics)
             await self._stop_all()
             shutil.rmtree(self.directory, ignore_errors=True)
             for sig in handled:
                 loop.remove_signal_handler(sig)
+
+    async def _serve_metrics(self) -> asyncio.AbstractServer | None:
+        """Serve the workers' metrics, if the configuration asks for them."""
+        address = self.config.metrics
+        if address is None:
+            return None
+        from jitgate.gateways.postgres.metrics import serve_metrics
+
+        try:
+            return await serve_metrics(address.host, address.port, self.scrape)
+        except OSError as error:
+            raise StartFailed(f"cannot serve metrics on {address}: {error}") from None
+
+    async def scrape(self) -> bytes:
+        """Every worker's metrics, labelled ``worker``, in one exposition."""
+        from jitgate.gateways.postgres.metrics import aggregate, scrape_worker, worker_socket
+
+        texts = await asyncio.gather(
+            *(scrape_worker(worker_socket(self.directory, i)) for i in range(self.count))
+        )
+        self.scrape_failures += sum(1 for text in texts if text is None)
+        return aggregate(dict(enumerate(texts)), self.scrape_failures, self.config.name)
 
     def _spawn(self, index: int) -> _Worker:
         orders = WorkerOrders(
