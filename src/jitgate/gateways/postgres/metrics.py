@@ -20,7 +20,6 @@ prometheus_client is imported here only, and only when metrics are asked for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -200,11 +199,9 @@ async def serve_worker_metrics(path: str, render: Callable[[], bytes]) -> asynci
         finally:
             writer.close()
 
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # left behind by a worker that was killed
-    server = await asyncio.start_unix_server(answer, path)
-    os.chmod(path, 0o600)
-    return server
+    from jitgate.gateways.postgres.workers import private_unix_server
+
+    return await private_unix_server(answer, path)
 
 
 async def scrape_worker(path: str, timeout: float = WORKER_SCRAPE_TIMEOUT) -> str | None:

@@ -38,7 +38,7 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -144,10 +144,18 @@ async def listen_for_cancels(
         finally:
             writer.close()
 
+    return await private_unix_server(receive, path)
+
+
+async def private_unix_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], path: str
+) -> asyncio.AbstractServer:
+    """A Unix socket server at ``path`` that only this user may use (mode 0600,
+    in the supervisor's 0700 directory)."""
     # A worker that was killed left its socket behind; its successor takes the path.
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    server = await asyncio.start_unix_server(receive, path)
+    server = await asyncio.start_unix_server(handler, path)
     os.chmod(path, 0o600)
     return server
 
