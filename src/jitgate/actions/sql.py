@@ -253,6 +253,47 @@ _SHAPE_BOUNDS: Final[Mapping[str, tuple[str, str]]] = {
 MAX_NON_ASCII_SHAPE: Final = 512
 
 
+#: A text's character classes, for the shortcut in :func:`sql_shape`: ASCII
+#: digits become ``0``, letters and ``_`` ``a``; the characters that start
+#: strings, quoted identifiers, parameters, escapes and comments (and NUL)
+#: ``!``; ``.`` stays; everything else is a space.
+_CLASSES: Final = bytes(
+    ord("0")
+    if 48 <= c <= 57
+    else ord("a")
+    if 65 <= c <= 90 or 97 <= c <= 122 or c == 95
+    else ord("!")
+    if c < 128 and chr(c) in "'\"$\\\x00-/"
+    else ord(".")
+    if c == 46
+    else ord(" ")
+    for c in range(256)
+)
+#: Classes that need the lexer: a string or the like, maybe a comment, a
+#: digit touching a dot (``1.5``, ``.5``) or a letter (``1e5``, ``1_000``,
+#: ``0x1F``, and digits inside words, to keep the rule simple), ten digits in
+#: a row (the integer may not fit in 32 bits).
+_LEXER_CLASSES: Final = (b"!", b".0", b"0.", b"0a", b"0" * 10)
+#: What the classes of a text say: the lexer is needed, or there is no
+#: digit (the text is its own shape), or every run of digits is an integer.
+_LEXER, _NO_CONSTANT, _INTEGERS = 0, 1, 2
+#: The answer for classes seen before (texts of one shape have the same).
+_SHORTCUTS: dict[bytes, int] = {}
+_MAX_SHORTCUTS: Final = 4096
+_INTEGER: Final = re.compile(r"\b\d+", re.ASCII)
+
+
+def _shortcut(classes: bytes) -> int:
+    if any(part in classes for part in _LEXER_CLASSES):
+        answer = _LEXER
+    else:
+        answer = _INTEGERS if b"0" in classes else _NO_CONSTANT
+    if len(_SHORTCUTS) >= _MAX_SHORTCUTS:
+        _SHORTCUTS.clear()
+    _SHORTCUTS[classes] = answer
+    return answer
+
+
 def sql_shape(text: str) -> str | None:
     """``text`` with each constant replaced by a marker of its kind, or None.
 
@@ -265,6 +306,26 @@ def sql_shape(text: str) -> str | None:
     has no shape when it does not lex, holds a NUL, is long and not ASCII, or
     holds a token listed above as having none.
     """
+    if text.isascii():
+        # The shortcut: when the lexer would see no constant but integers,
+        # each a run of digits alone, the shape is the text with the runs
+        # replaced. FLOAT and UESCAPE are the keywords that give no shape.
+        classes = text.encode("ascii").translate(_CLASSES)
+        answer = _SHORTCUTS.get(classes)
+        if answer is None:
+            answer = _shortcut(classes)
+        if answer:
+            lower = text.lower()
+            if "float" not in lower and "uescape" not in lower:
+                if answer == _NO_CONSTANT:
+                    return text
+                shape, count = _INTEGER.subn("\x00i", text)
+                return shape if count else text  # digits only inside words
+    return _lexed_shape(text)
+
+
+def _lexed_shape(text: str) -> str | None:
+    """:func:`sql_shape` by the lexer's tokens."""
     check = not text.isascii()
     if (check and len(text) > MAX_NON_ASCII_SHAPE) or "\x00" in text:
         return None
