@@ -107,6 +107,9 @@ _MAX_SHOWN_VALUES: Final = 64 * 1024
 #: Where the decoded values go: the request's attributes, and ``extra`` of the
 #: statement's record. The exact values stay in ``parameters``.
 SHOWN_PARAMETERS: Final = "parameter_values"
+#: Binary values of more than this many bytes in all are not decoded for
+#: approvers (decoding runs on the event loop every session shares).
+_MAX_DECODED_BINARY: Final = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -198,6 +201,16 @@ class _Bound:
         shown: list[str | None] = []
         binary = False
         types = self.statement.types if self.statement is not None else ()
+        # Decoding takes the event loop (µs per value: a float takes up to
+        # 20): past a bound the values are not decoded, only shown as sent.
+        decode = (
+            sum(
+                len(value)
+                for i, value in enumerate(bind.params)
+                if value is not None and bind.param_format(i) == 1
+            )
+            <= _MAX_DECODED_BINARY
+        )
         for i, value in enumerate(bind.params):
             if value is None:
                 exact.append(None)
@@ -205,12 +218,17 @@ class _Bound:
             elif bind.param_format(i) == 1:
                 binary = True
                 exact.append("\\x" + value.hex())
-                shown.append(_binary_value(types[i] if i < len(types) else 0, value, codec))
+                if decode:
+                    shown.append(_binary_value(types[i] if i < len(types) else 0, value, codec))
             else:
                 text = value.decode("utf-8", "backslashreplace")
                 exact.append(text)
                 shown.append(client_text(value, codec) or text)
-        if not binary or sum(len(v) for v in shown if v is not None) > _MAX_SHOWN_VALUES:
+        if (
+            not binary
+            or not decode
+            or sum(len(v) for v in shown if v is not None) > _MAX_SHOWN_VALUES
+        ):
             return exact, None
         return exact, shown
 
@@ -630,9 +648,12 @@ class Session:
                 if prepared.reads is not None and prepared.reads != self._reads():
                     if not self._settled() and not self.batch_has_execute:
                         return self._wait_idle()
-                    what, refusal = None, (
-                        f"jitgate cannot define statement {name!r} again as it classified it: "
-                        "client_encoding or standard_conforming_strings changed since"
+                    what, refusal = (
+                        None,
+                        (
+                            f"jitgate cannot define statement {name!r} again as it classified it: "
+                            "client_encoding or standard_conforming_strings changed since"
+                        ),
                     )
                 else:
                     # Close and Parse it again: the upstream then runs what was classified.
@@ -1014,7 +1035,8 @@ class Session:
     def _record_refused(self, pending: _Pending, why: str) -> None:
         stmt = _Statement(
             pending.text,
-            "deny" if pending.decision is None or pending.decision.outcome is Outcome.DENY
+            "deny"
+            if pending.decision is None or pending.decision.outcome is Outcome.DENY
             else "require_approval",
             time.perf_counter(),
         )
